@@ -1,0 +1,227 @@
+"""IPAM's own records (internal kinds, shaped like Calico's).
+
+- IPAMBlock: one block of a pool (``/26`` by default). ``allocations[i]`` is
+  the index into ``attributes`` of the allocation owning ordinal ``i`` (or
+  None); ``unallocated`` lists free ordinals in the order they are handed out
+  (released ones go to the back, so an address is not reused at once);
+  ``affinity`` is ``host:<node>`` for the node that claimed it.
+- BlockAffinity: ``<node>-<block>``: node N has claimed block B. Written
+  ``pending`` before the block is created and ``confirmed`` after, so a crash
+  between the two is visible and repairable.
+- IPAMHandle: one allocation owner (``<container id>.<interface>``) and how
+  many addresses it holds in which block: release by handle needs no scan.
+- IPAMConfiguration ``default``: strictAffinity, maxBlocksPerHost.
+
+The IPAM engine (``tabby.ipam``) owns all writes; these are its data.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+from tabby.model.base import CALICO_API, TABBY_GROUP, KindInfo, ObjectMeta, Resource, register
+from tabby.model.fields import Fields
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+_ANY_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+
+
+def block_name(cidr: IPNetwork) -> str:
+    """``198.19.0.64/26`` -> ``198-19-0-64-26``; ``fd7a:bb1e::/122`` -> ``fd7a-bb1e---122``."""
+    return str(cidr).replace(".", "-").replace(":", "-").replace("/", "-")
+
+
+@dataclass(frozen=True, slots=True)
+class AllocationAttribute:
+    handle_id: str
+    secondary: tuple[tuple[str, str], ...] = ()  # node, pod, namespace, ...
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"handle_id": self.handle_id, "secondary": dict(self.secondary)}
+
+
+@dataclass(frozen=True, slots=True)
+class IPAMBlockSpec:
+    cidr: IPNetwork
+    affinity: str | None
+    allocations: tuple[int | None, ...]
+    unallocated: tuple[int, ...]
+    attributes: tuple[AllocationAttribute, ...]
+    strict_affinity: bool = False
+    deleted: bool = False
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class IPAMBlock(Resource):
+    KIND = KindInfo("IPAMBlock", TABBY_GROUP, "v1", "ipamblocks", namespaced=False,
+                    aliases=(CALICO_API,), short_names=("block", "blocks"))
+    meta: ObjectMeta
+    spec: IPAMBlockSpec
+
+    @classmethod
+    def parse_body(cls, meta: ObjectMeta, top: Fields) -> Self:
+        f = top.map("spec")
+        text = f.str("cidr", required=True)
+        try:
+            cidr: IPNetwork = ipaddress.ip_network(text)
+        except ValueError:
+            f.error("cidr", f"{text!r} is not a CIDR")
+            cidr = ipaddress.ip_network("0.0.0.0/32")
+        size = cidr.num_addresses
+        allocations = tuple(a if isinstance(a, int) else None for a in (f.raw("allocations") or []))
+        if len(allocations) != size:
+            f.error("allocations", f"has {len(allocations)} entries, the block has {size}")
+        unallocated = tuple(int(x) for x in (f.raw("unallocated") or []))
+        attributes = []
+        for path, item in f.list("attributes"):
+            a = Fields(item, path, f.errors)
+            attributes.append(AllocationAttribute(
+                a.str("handle_id"), tuple(sorted(a.str_map("secondary").items()))))
+            a.finish()
+        spec = IPAMBlockSpec(
+            cidr=cidr,
+            affinity=f.str("affinity") or None,
+            allocations=allocations,
+            unallocated=unallocated,
+            attributes=tuple(attributes),
+            strict_affinity=f.bool("strictAffinity"),
+            deleted=f.bool("deleted"),
+        )
+        f.finish()
+        return cls(meta=meta, spec=spec)
+
+    def body(self) -> dict[str, Any]:
+        s = self.spec
+        return {"spec": {
+            "cidr": str(s.cidr),
+            "affinity": s.affinity,
+            "allocations": list(s.allocations),
+            "unallocated": list(s.unallocated),
+            "attributes": [a.to_dict() for a in s.attributes],
+            "strictAffinity": s.strict_affinity,
+            "deleted": s.deleted,
+        }}
+
+    @property
+    def node(self) -> str | None:
+        aff = self.spec.affinity
+        return aff[5:] if aff and aff.startswith("host:") else None
+
+    def used(self) -> int:
+        return sum(1 for a in self.spec.allocations if a is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class BlockAffinitySpec:
+    node: str
+    cidr: IPNetwork
+    state: str = "confirmed"  # pending | confirmed | pendingDeletion
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class BlockAffinity(Resource):
+    KIND = KindInfo("BlockAffinity", TABBY_GROUP, "v1", "blockaffinities", namespaced=False,
+                    aliases=(CALICO_API,), short_names=("affinity", "affinities"))
+    meta: ObjectMeta
+    spec: BlockAffinitySpec
+
+    @classmethod
+    def parse_body(cls, meta: ObjectMeta, top: Fields) -> Self:
+        f = top.map("spec")
+        text = f.str("cidr", required=True)
+        try:
+            cidr: IPNetwork = ipaddress.ip_network(text)
+        except ValueError:
+            f.error("cidr", f"{text!r} is not a CIDR")
+            cidr = ipaddress.ip_network("0.0.0.0/32")
+        spec = BlockAffinitySpec(
+            node=f.str("node", required=True), cidr=cidr,
+            state=f.choice("state", ("pending", "confirmed", "pendingDeletion"), "confirmed"))
+        f.raw("deleted")
+        f.finish()
+        return cls(meta=meta, spec=spec)
+
+    def body(self) -> dict[str, Any]:
+        s = self.spec
+        return {"spec": {"node": s.node, "cidr": str(s.cidr), "state": s.state}}
+
+
+def affinity_name(node: str, cidr: IPNetwork) -> str:
+    return f"{node}-{block_name(cidr)}"
+
+
+@dataclass(frozen=True, slots=True)
+class IPAMHandleSpec:
+    handle_id: str
+    blocks: tuple[tuple[str, int], ...] = ()  # (block cidr, count)
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class IPAMHandle(Resource):
+    KIND = KindInfo("IPAMHandle", TABBY_GROUP, "v1", "ipamhandles", namespaced=False,
+                    aliases=(CALICO_API,), short_names=("handle", "handles"))
+    meta: ObjectMeta
+    spec: IPAMHandleSpec
+
+    @classmethod
+    def name_pattern(cls) -> re.Pattern[str]:
+        return _ANY_NAME
+
+    @classmethod
+    def parse_body(cls, meta: ObjectMeta, top: Fields) -> Self:
+        f = top.map("spec")
+        raw = f.raw("block") or {}
+        blocks = tuple(sorted((str(k), int(v)) for k, v in dict(raw).items()))
+        spec = IPAMHandleSpec(handle_id=f.str("handleID", required=True), blocks=blocks)
+        f.raw("deleted")
+        f.finish()
+        return cls(meta=meta, spec=spec)
+
+    def body(self) -> dict[str, Any]:
+        return {"spec": {"handleID": self.spec.handle_id, "block": dict(self.spec.blocks)}}
+
+
+def handle_name(handle_id: str) -> str:
+    """Handle ids may hold characters names cannot; keep them readable but safe."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", handle_id).strip("-.")[:253] or "handle"
+
+
+@dataclass(frozen=True, slots=True)
+class IPAMConfigSpec:
+    strict_affinity: bool = False
+    auto_allocate_blocks: bool = True
+    max_blocks_per_host: int = 0  # 0 = unlimited
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class IPAMConfiguration(Resource):
+    KIND = KindInfo("IPAMConfiguration", TABBY_GROUP, "v1", "ipamconfigurations",
+                    namespaced=False, aliases=(CALICO_API,), short_names=("ipamconfig",))
+    meta: ObjectMeta
+    spec: IPAMConfigSpec = field(default_factory=IPAMConfigSpec)
+
+    @classmethod
+    def parse_body(cls, meta: ObjectMeta, top: Fields) -> Self:
+        f = top.map("spec")
+        max_blocks = f.int("maxBlocksPerHost", 0) or 0
+        if max_blocks < 0:
+            f.error("maxBlocksPerHost", f"{max_blocks} must not be negative")
+        spec = IPAMConfigSpec(
+            strict_affinity=f.bool("strictAffinity"),
+            auto_allocate_blocks=f.bool("autoAllocateBlocks", True),
+            max_blocks_per_host=max_blocks)
+        f.finish()
+        return cls(meta=meta, spec=spec)
+
+    def body(self) -> dict[str, Any]:
+        s = self.spec
+        return {"spec": {"strictAffinity": s.strict_affinity,
+                         "autoAllocateBlocks": s.auto_allocate_blocks,
+                         "maxBlocksPerHost": s.max_blocks_per_host}}

@@ -1,0 +1,143 @@
+"""The datastore contract every backend honours (memory, SQLite, etcd v3).
+
+Objects are plain JSON-able dicts (manifests) under a ``Key`` of
+(resource, namespace, name); the typed layer lives in ``tabby.store.client``.
+
+Revisions are one cluster-wide counter, as in etcd: every write (create,
+update, delete) bumps it by one and stamps the written object with it
+(``Item.revision``, the mod revision). ``update`` and ``delete`` take the
+revision the caller last saw and fail with ``Conflict`` if the object moved
+(compare-and-swap); ``create`` fails with ``Conflict`` if the key exists.
+
+``watch(resource, start)`` yields every change with revision >= ``start``, in
+revision order, with no gaps; a caller resumes after a break by watching
+from its last seen revision + 1. The usual pattern is list-then-watch::
+
+    listing = store.list("pods")
+    w = store.watch("pods", listing.revision + 1)
+    while True:
+        for event in w.next(timeout=1.0): ...
+
+A watch that asks for history the backend has compacted away raises
+``Compacted``; the caller lists again.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+Value = Mapping[str, Any]
+PREFIX = "/tabby/"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Key:
+    resource: str  # e.g. "pods", "ippools.tabby.dev"
+    namespace: str  # "" for cluster-scoped kinds
+    name: str
+
+    def path(self) -> str:
+        return f"{PREFIX}{self.resource}/{self.namespace or '_'}/{self.name}"
+
+    @classmethod
+    def from_path(cls, path: str) -> Key:
+        rest = path[len(PREFIX):] if path.startswith(PREFIX) else path
+        resource, namespace, name = rest.split("/", 2)
+        return cls(resource, "" if namespace == "_" else namespace, name)
+
+    def __str__(self) -> str:
+        ns = f"{self.namespace}/" if self.namespace else ""
+        return f"{self.resource}/{ns}{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    key: Key
+    value: Value
+    revision: int  # revision of the last write to this key
+    create_revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class ListResult:
+    items: tuple[Item, ...]
+    revision: int  # the store's revision when the list was read
+
+    def __iter__(self) -> Iterator[Item]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    type: str  # "PUT" or "DELETE"
+    key: Key
+    value: Value | None  # the new value; the last value for DELETE
+    revision: int
+
+
+class Watch(abc.ABC):
+    """An ordered, gap-free stream of events; ``next`` returns [] on timeout."""
+
+    @abc.abstractmethod
+    def next(self, timeout: float) -> list[Event]: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Store(abc.ABC):
+    """One datastore. Thread-safe; several processes may open the same SQLite file."""
+
+    url: str
+
+    @abc.abstractmethod
+    def get(self, key: Key) -> Item:
+        """The item under ``key``; NotFound if none."""
+
+    @abc.abstractmethod
+    def list(self, resource: str, namespace: str | None = None, prefix: str = "") -> ListResult:
+        """Items of ``resource``, optionally in one namespace and with names starting
+        with ``prefix``, sorted by key, plus the revision they were read at."""
+
+    @abc.abstractmethod
+    def create(self, key: Key, value: Value) -> Item:
+        """Write a new object; Conflict if the key exists."""
+
+    @abc.abstractmethod
+    def update(self, key: Key, value: Value, revision: int) -> Item:
+        """Replace the object if its revision is still ``revision``; Conflict if not,
+        NotFound if it is gone."""
+
+    @abc.abstractmethod
+    def delete(self, key: Key, revision: int | None = None) -> Item:
+        """Remove the object (if ``revision`` is given, only if unchanged); returns
+        the removed item; NotFound if absent, Conflict if it moved."""
+
+    @abc.abstractmethod
+    def revision(self) -> int:
+        """The store's current revision (0 when nothing was ever written)."""
+
+    @abc.abstractmethod
+    def watch(self, resource: str | None, start_revision: int) -> Watch:
+        """Events for ``resource`` (None: every resource) from ``start_revision`` on."""
+
+    def close(self) -> None:  # noqa: B027 - optional for backends holding nothing
+        """Release connections."""
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
