@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self, TypeVar
 
@@ -234,7 +234,7 @@ def parse_manifest(doc: Mapping[str, Any]) -> Resource:
 
 
 def resolve_kind(name: str) -> type[Resource]:
-    """A kind as kubectl users write it: ``ippool``, ``ippools``, ``pod``, ``networkpolicy.tabby.dev``.
+    """A kind as kubectl users write it: ``ippool``, ``pods``, ``networkpolicy.tabby.dev``.
 
     The bare name prefers Kubernetes' own kind (group "" or ``*.k8s.io``); a
     group suffix selects another (``projectcalico.org`` is an alias of tabby.dev).
@@ -251,7 +251,8 @@ def resolve_kind(name: str) -> type[Resource]:
             matches.append(cls)
     if not matches:
         known = sorted({c.KIND.kind.lower() for c in _KINDS.values()})
-        raise ValidationError("", [FieldError("", f"unknown kind {name!r}; known: {', '.join(known)}")])
+        message = f"unknown kind {name!r}; known: {', '.join(known)}"
+        raise ValidationError("", [FieldError("", message)])
     matches.sort(key=lambda c: (not _is_kubernetes(c.KIND.group), c.KIND.group))
     return matches[0]
 
@@ -259,5 +260,3 @@ def resolve_kind(name: str) -> type[Resource]:
 def _is_kubernetes(group: str) -> bool:
     return group == "" or group.endswith(".k8s.io")
 
-
-Parser = Callable[[Mapping[str, Any]], Resource]

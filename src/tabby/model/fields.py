@@ -8,6 +8,7 @@ return a default, so one pass over a document reports every problem at once.
 
 from __future__ import annotations
 
+import builtins
 import difflib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -16,93 +17,103 @@ from tabby.errors import FieldError, ValidationError
 
 
 class Fields:
-    def __init__(self, data: object, path: str, errors: list[FieldError]) -> None:
+    def __init__(self, data: object, path: builtins.str, errors: list[FieldError]) -> None:
         self.path = path
         self.errors = errors
-        self.seen: set[str] = set()
+        self.seen: set[builtins.str] = set()
         if data is None:
             data = {}
         if not isinstance(data, Mapping):
             self.error("", f"must be a mapping, not {type_name(data)}")
             data = {}
-        self.data: Mapping[str, Any] = data
+        self.data: Mapping[builtins.str, Any] = data
 
     # -- paths and errors -------------------------------------------------
-    def at(self, name: str) -> str:
+    def at(self, name: builtins.str) -> builtins.str:
         if not name:
             return self.path
         return f"{self.path}.{name}" if self.path else name
 
-    def error(self, name: str, message: str) -> None:
+    def error(self, name: builtins.str, message: builtins.str) -> None:
         self.errors.append(FieldError(self.at(name), message))
 
-    def has(self, name: str) -> bool:
+    def has(self, name: builtins.str) -> builtins.bool:
         return name in self.data and self.data[name] is not None
 
-    def raw(self, name: str) -> Any:
+    def raw(self, name: builtins.str) -> Any:
         self.seen.add(name)
         return self.data.get(name)
 
     # -- typed getters ----------------------------------------------------
-    def str(self, name: str, default: str = "", *, required: bool = False) -> str:
+    def str(
+        self, name: builtins.str, default: builtins.str = "", *, required: builtins.bool = False
+    ) -> builtins.str:
         value = self.raw(name)
         if value is None:
             if required:
                 self.error(name, "is required")
             return default
-        if not isinstance(value, str):
+        if not isinstance(value, builtins.str):
             self.error(name, f"must be a string, not {type_name(value)}")
             return default
         if required and not value:
             self.error(name, "must not be empty")
-        return value
+        return builtins.str(value)
 
-    def int(self, name: str, default: int | None = None, *, required: bool = False) -> int | None:
+    def int(
+        self,
+        name: builtins.str,
+        default: builtins.int | None = None,
+        *,
+        required: builtins.bool = False,
+    ) -> builtins.int | None:
         value = self.raw(name)
         if value is None:
             if required:
                 self.error(name, "is required")
             return default
-        if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, builtins.bool) or not isinstance(value, builtins.int):
             self.error(name, f"must be an integer, not {type_name(value)}")
             return default
         return value
 
-    def bool(self, name: str, default: bool = False) -> bool:
+    def bool(self, name: builtins.str, default: builtins.bool = False) -> builtins.bool:
         value = self.raw(name)
         if value is None:
             return default
-        if not isinstance(value, bool):
+        if not isinstance(value, builtins.bool):
             self.error(name, f"must be true or false, not {type_name(value)}")
             return default
         return value
 
-    def choice(self, name: str, choices: Sequence[str], default: str) -> str:
+    def choice(
+        self, name: builtins.str, choices: Sequence[builtins.str], default: builtins.str
+    ) -> builtins.str:
         value = self.str(name, default)
         if value not in choices:
             self.error(name, f"{value!r} is not one of {', '.join(choices)}")
             return default
         return value
 
-    def map(self, name: str) -> Fields:
+    def map(self, name: builtins.str) -> Fields:
         return Fields(self.raw(name), self.at(name), self.errors)
 
-    def str_map(self, name: str) -> dict[str, str]:
+    def str_map(self, name: builtins.str) -> dict[builtins.str, builtins.str]:
         value = self.raw(name)
         if value is None:
             return {}
         if not isinstance(value, Mapping):
             self.error(name, f"must be a mapping, not {type_name(value)}")
             return {}
-        out: dict[str, str] = {}
+        out: dict[builtins.str, builtins.str] = {}
         for key, item in value.items():
-            if not isinstance(key, str) or not isinstance(item, str):
+            if not isinstance(key, builtins.str) or not isinstance(item, builtins.str):
                 self.error(f"{name}.{key}", "keys and values must be strings")
                 continue
             out[key] = item
         return out
 
-    def list(self, name: str) -> list[tuple[str, Any]]:
+    def list(self, name: builtins.str) -> builtins.list[tuple[builtins.str, Any]]:
         """Items of a list field with their paths, e.g. ``("spec.ports[0]", {...})``."""
         value = self.raw(name)
         if value is None:
@@ -112,16 +123,16 @@ class Fields:
             return []
         return [(f"{self.at(name)}[{i}]", item) for i, item in enumerate(value)]
 
-    def str_list(self, name: str) -> list[str]:
-        out = []
+    def str_list(self, name: builtins.str) -> builtins.list[builtins.str]:
+        out: builtins.list[builtins.str] = []
         for path, item in self.list(name):
-            if isinstance(item, str):
+            if isinstance(item, builtins.str):
                 out.append(item)
             else:
                 self.errors.append(FieldError(path, f"must be a string, not {type_name(item)}"))
         return out
 
-    def finish(self, *, ignore_unknown: bool = False) -> None:
+    def finish(self, *, ignore_unknown: builtins.bool = False) -> None:
         """Report fields that no getter consumed."""
         if ignore_unknown:
             return
@@ -134,11 +145,17 @@ class Fields:
             self.error(str(key), f"unknown field{suffix}")
 
 
-def type_name(value: object) -> str:
+def type_name(value: object) -> builtins.str:
     if value is None:
         return "null"
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-            list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a mapping",
+    }.get(type(value), type(value).__name__)
 
 
 def raise_if(obj: str, errors: list[FieldError]) -> None:

@@ -150,7 +150,7 @@ def parse_cidr(f: Fields, name: str, text: str) -> IPNetwork | None:
         f.error(name, f"{net} covers the whole address space")
         return None
     for ll in LINK_LOCAL:
-        if net.version == ll.version and net.overlaps(ll):  # type: ignore[arg-type]
+        if net.version == ll.version and net.overlaps(ll):
             f.error(name, f"{net} overlaps the link-local range {ll}")
             return None
     return net
@@ -161,7 +161,7 @@ def check_pools(pool: IPPool, others: Iterable[IPPool]) -> None:
     for other in others:
         if other.meta.name == pool.meta.name or other.version != pool.version:
             continue
-        if pool.spec.cidr.overlaps(other.spec.cidr):  # type: ignore[arg-type]
+        if pool.spec.cidr.overlaps(other.spec.cidr):
             raise ValidationError(pool.ref, [FieldError(
                 "spec.cidr", f"{pool.spec.cidr} overlaps IPPool/{other.meta.name}"
                 f" ({other.spec.cidr})")])

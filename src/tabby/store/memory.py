@@ -5,6 +5,7 @@ History is kept (bounded by ``history``) so watches resume like etcd's.
 
 from __future__ import annotations
 
+import builtins
 import copy
 import threading
 import time
@@ -91,7 +92,8 @@ class MemoryStore(Store):
     def watch(self, resource: str | None, start_revision: int) -> Watch:
         return _MemoryWatch(self, resource, start_revision)
 
-    def _events_from(self, resource: str | None, start: int, timeout: float) -> list[Event]:
+    def _events_from(self, resource: str | None, start: int, timeout: float
+                     ) -> builtins.list[Event]:
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:

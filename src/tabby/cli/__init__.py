@@ -1,0 +1,1 @@
+"""The ``tabby`` command line (see main.py)."""

@@ -1,0 +1,62 @@
+"""The ``tabby`` command: one parser definition, one module per subcommand group.
+
+Each subcommand module exposes ``register(subparsers)`` which adds its parser
+and sets ``func`` (a callable taking the parsed namespace and returning an
+exit code). Errors from the library (``TabbyError``) become one clear line on
+stderr per problem and exit code 1; bad usage exits 2 (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from tabby.errors import TabbyError, ValidationError
+
+SUBCOMMANDS = ("resources", "ipam", "agent", "lab", "node", "policy")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tabby", description="tabby: a Calico-style network for Kubernetes, in Python.")
+    parser.add_argument("--datastore", metavar="URL",
+                        help="sqlite:///PATH, etcd://HOST:PORT[,...] or memory:// "
+                             "(default: $TABBY_DATASTORE, else the lab's, else "
+                             "sqlite:///var/lib/tabby/tabby.db)")
+    parser.add_argument("--lab", metavar="NAME",
+                        help="the lab to act on (default: $TABBY_LAB, else 'tabby')")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    import importlib
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"tabby.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"tabby.cli.{name}":
+                continue  # not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code = args.func(args)
+    except ValidationError as exc:
+        for line in exc.lines():
+            print(f"error: {line}", file=sys.stderr)
+        return 1
+    except TabbyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
