@@ -127,7 +127,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def revision(self) -> int:
-        """The store's current revision (0 when nothing was ever written)."""
+        """The store's current revision (0 for a new memory or SQLite store; etcd starts at 1)."""
 
     @abc.abstractmethod
     def watch(self, resource: str | None, start_revision: int) -> Watch:

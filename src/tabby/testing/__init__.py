@@ -1,0 +1,1 @@
+"""Real peers and helpers for tests, the lab and benchmarks (no mocks)."""

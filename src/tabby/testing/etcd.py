@@ -1,0 +1,254 @@
+"""A real etcd v3 cluster on loopback, for tests, the lab and benchmarks.
+
+    with EtcdCluster(3) as cluster:            # started, healthy
+        store = EtcdStore(cluster.endpoints)   # ["127.0.0.1:PORT", ...]
+        cluster.kill(0)                        # SIGKILL member 0 (by its PID)
+        cluster.restart(0)                     # same data dir: it rejoins
+
+Every member gets its own data dir under one temporary directory and free
+ports on ``host``. The cluster records the PID of each process it starts;
+``stop()`` ends exactly those and removes the directory it made, nothing
+else. Election timing defaults to 50 ms heartbeats and a 500 ms election
+timeout (loopback is fast), so losing the leader costs well under a second.
+
+``command_prefix`` runs each member under a wrapper that execs it (e.g.
+``["ip", "netns", "exec", "NS"]``), so the recorded PID is still etcd's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tabby.errors import LabError
+
+__all__ = ["EtcdCluster", "EtcdMember"]
+
+_POLL = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class EtcdMember:
+    name: str
+    host: str
+    client_port: int
+    peer_port: int
+    data_dir: Path
+    log_path: Path
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host}:{self.client_port}"
+
+    @property
+    def client_url(self) -> str:
+        return f"http://{self.host}:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://{self.host}:{self.peer_port}"
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct ports that were free a moment ago (a hint, not a lease)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in socks:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in socks]
+
+
+class EtcdCluster:
+    def __init__(self, size: int = 3, *, binary: str = "etcd", host: str = "127.0.0.1",
+                 base_dir: str | None = None, heartbeat_ms: int = 50, election_ms: int = 500,
+                 start_timeout: float = 20.0, command_prefix: Sequence[str] = ()) -> None:
+        if size < 1:
+            raise LabError(f"etcd cluster: size must be at least 1, not {size}")
+        self.size = size
+        self.binary = binary
+        self.host = host
+        self.heartbeat_ms = heartbeat_ms
+        self.election_ms = election_ms
+        self.start_timeout = start_timeout
+        self.command_prefix = tuple(command_prefix)
+        self._base_dir = base_dir
+        self.dir: Path | None = None
+        self.members: tuple[EtcdMember, ...] = ()
+        self._procs: dict[int, subprocess.Popen[bytes]] = {}
+        self._token = ""
+
+    # -- the public surface -------------------------------------------------
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [m.endpoint for m in self.members]
+
+    @property
+    def url(self) -> str:
+        """The datastore URL for ``tabby.store.open_store``."""
+        return "etcd://" + ",".join(self.endpoints)
+
+    @property
+    def pids(self) -> dict[int, int]:
+        """PID of each running member, by index."""
+        return {i: p.pid for i, p in self._procs.items() if p.poll() is None}
+
+    def start(self, attempts: int = 3) -> EtcdCluster:
+        """Start every member and wait until all report healthy; LabError if not."""
+        if self.members:
+            raise LabError("etcd cluster: already started")
+        if shutil.which(self.binary) is None:
+            raise LabError(f"etcd cluster: {self.binary!r} not found (apt-get install etcd-server)")
+        self.dir = Path(tempfile.mkdtemp(prefix="tabby-etcd-", dir=self._base_dir))
+        for attempt in range(1, attempts + 1):
+            self._plan(attempt)
+            try:
+                for i in range(self.size):
+                    self._spawn(i, state="new")
+                self.wait_healthy(range(self.size), self.start_timeout)
+                return self
+            except LabError:
+                self._end_processes()
+                if attempt == attempts:
+                    self.stop()
+                    raise
+        raise AssertionError("unreachable")
+
+    def alive(self, index: int) -> bool:
+        proc = self._procs.get(index)
+        return proc is not None and proc.poll() is None
+
+    def kill(self, index: int) -> None:
+        """SIGKILL member ``index`` (by its recorded PID) and reap it."""
+        proc = self._procs.pop(index, None)
+        if proc is None:
+            raise LabError(f"etcd cluster: member {index} is not running")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def restart(self, index: int, timeout: float | None = None) -> None:
+        """Start a stopped member again on its old data dir and ports; wait until healthy."""
+        if self.alive(index):
+            raise LabError(f"etcd cluster: member {index} is still running")
+        self._procs.pop(index, None)
+        self._spawn(index, state="existing")
+        self.wait_healthy([index], self.start_timeout if timeout is None else timeout)
+
+    def wait_healthy(self, indexes: Sequence[int] | range | None = None,
+                     timeout: float = 20.0) -> None:
+        """Poll ``/health`` of the given members (default: all running) until each says true."""
+        todo = set(self.pids if indexes is None else indexes)
+        deadline = time.monotonic() + timeout
+        while todo:
+            for i in sorted(todo):
+                proc = self._procs.get(i)
+                if proc is None or proc.poll() is not None:
+                    raise LabError(f"etcd cluster: member {i} exited\n{self.log_tail(i)}")
+                if _healthy(self.members[i]):
+                    todo.discard(i)
+            if todo and time.monotonic() > deadline:
+                tails = "\n".join(self.log_tail(i) for i in sorted(todo))
+                raise LabError(f"etcd cluster: members {sorted(todo)} not healthy after"
+                               f" {timeout:.0f}s\n{tails}")
+            if todo:
+                time.sleep(_POLL)
+
+    def log_tail(self, index: int, lines: int = 15) -> str:
+        try:
+            text = self.members[index].log_path.read_text(errors="replace")
+        except (OSError, IndexError):
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        """End exactly the processes this cluster started and remove its directory."""
+        self._end_processes()
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
+        self.members = ()
+
+    def __enter__(self) -> EtcdCluster:
+        if not self.members:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- internals ----------------------------------------------------------
+
+    def _plan(self, attempt: int) -> None:
+        assert self.dir is not None
+        ports = free_ports(2 * self.size, self.host)
+        self._token = f"tabby-{os.getpid()}-{int(time.time() * 1000)}-{attempt}"
+        members = []
+        for i in range(self.size):
+            data = self.dir / f"a{attempt}" / f"e{i}"
+            data.parent.mkdir(parents=True, exist_ok=True)
+            members.append(EtcdMember(f"e{i}", self.host, ports[2 * i], ports[2 * i + 1],
+                                      data, data.parent / f"e{i}.log"))
+        self.members = tuple(members)
+
+    def _command(self, member: EtcdMember, state: str) -> list[str]:
+        cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+        return [
+            *self.command_prefix, self.binary,
+            "--name", member.name,
+            "--data-dir", str(member.data_dir),
+            "--listen-client-urls", member.client_url,
+            "--advertise-client-urls", member.client_url,
+            "--listen-peer-urls", member.peer_url,
+            "--initial-advertise-peer-urls", member.peer_url,
+            "--initial-cluster", cluster,
+            "--initial-cluster-state", state,
+            "--initial-cluster-token", self._token,
+            "--heartbeat-interval", str(self.heartbeat_ms),
+            "--election-timeout", str(self.election_ms),
+            "--logger", "zap",
+            "--log-outputs", "stderr",
+        ]
+
+    def _spawn(self, index: int, state: str) -> None:
+        member = self.members[index]
+        with open(member.log_path, "ab") as log:
+            self._procs[index] = subprocess.Popen(
+                self._command(member, state), stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True)
+
+    def _end_processes(self) -> None:
+        # One at a time: a leader told to stop hands leadership over first, and
+        # waits seconds for it if the member it picked is stopping too.
+        procs, self._procs = self._procs, {}
+        for proc in procs.values():
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(5.0)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def _healthy(member: EtcdMember) -> bool:
+    try:
+        with urllib.request.urlopen(member.client_url + "/health", timeout=1.0) as resp:
+            body = json.loads(resp.read() or b"{}")
+    except (OSError, ValueError, urllib.error.URLError):
+        return False
+    return str(body.get("health")) == "true"

@@ -1,0 +1,360 @@
+"""The one contract every Store backend passes (see tabby/store/base.py).
+
+A backend's test module subclasses ``StoreContract`` and provides a ``store``
+fixture. The store may be shared with earlier tests (etcd), so every check is
+relative to the revision read at the start of the test; set
+``FRESH_STORE = False`` when the fixture does not hand out a brand-new store.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from tabby.errors import Compacted, Conflict, NotFound
+from tabby.store.base import Event, Item, Key, Store, Watch
+
+POD_A = Key("pods", "a", "web-1")
+POD_B = Key("pods", "b", "db-1")
+SVC = Key("services", "a", "web")
+
+
+def value(n: int = 0, **extra: object) -> dict[str, object]:
+    return {"apiVersion": "v1", "kind": "Thing", "spec": {"n": n, **extra}}
+
+
+def collect(watch: Watch, count: int, timeout: float = 10.0) -> list[Event]:
+    """Read events until ``count`` arrived or ``timeout`` passed."""
+    deadline = time.monotonic() + timeout
+    events: list[Event] = []
+    while len(events) < count:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        events.extend(watch.next(min(remaining, 0.5)))
+    return events
+
+
+def run_threads(count: int, target: Callable[[int], None], timeout: float = 60.0) -> None:
+    """Run ``target(i)`` in ``count`` threads; re-raise the first failure."""
+    errors: list[BaseException] = []
+
+    def wrapped(i: int) -> None:
+        try:
+            target(i)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=wrapped, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    assert not any(t.is_alive() for t in threads), "worker threads did not finish"
+    if errors:
+        raise errors[0]
+
+
+def check_compaction(store: Store, history: int) -> None:
+    """For a store keeping ``history`` events: older revisions raise Compacted."""
+    start = store.revision()
+    for i in range(history + 3):
+        store.create(Key("pods", "c", f"p{i}"), value(i))
+    last = store.revision()
+    assert last == start + history + 3
+    oldest = last - history + 1
+    with store.watch(None, oldest) as w:
+        events = collect(w, history)
+    assert [e.revision for e in events] == list(range(oldest, last + 1))
+    for too_old in (oldest - 1, start + 1):
+        with pytest.raises(Compacted), store.watch("pods", too_old) as w:
+            w.next(1.0)
+
+
+class StoreContract:
+    FRESH_STORE = True
+
+    # -- get / create ---------------------------------------------------------------
+
+    def test_fresh_store_is_empty_at_revision_zero(self, store: Store) -> None:
+        if not self.FRESH_STORE:
+            pytest.skip("this backend's fixture shares one store between tests")
+        assert store.revision() == 0
+        assert len(store.list("pods")) == 0
+        assert store.list("pods").revision == 0
+
+    def test_get_missing_is_notfound(self, store: Store) -> None:
+        with pytest.raises(NotFound):
+            store.get(POD_A)
+
+    def test_create_then_get(self, store: Store) -> None:
+        r0 = store.revision()
+        item = store.create(POD_A, value(1))
+        assert item == Item(POD_A, value(1), r0 + 1, r0 + 1)
+        assert store.get(POD_A) == item
+        assert store.revision() == r0 + 1
+
+    def test_create_existing_is_conflict_and_changes_nothing(self, store: Store) -> None:
+        first = store.create(POD_A, value(1))
+        with pytest.raises(Conflict):
+            store.create(POD_A, value(2))
+        assert store.get(POD_A) == first
+        assert store.revision() == first.revision
+
+    def test_values_round_trip_and_are_copied(self, store: Store) -> None:
+        doc: dict[str, object] = {
+            "metadata": {"name": "ünïcode ✓", "labels": {"a/b": "c"}},
+            "spec": {"int": 2**40, "float": 1.5, "bool": True, "none": None,
+                     "list": [1, "two", {"three": [3]}], "empty": {}},
+        }
+        store.create(POD_A, doc)
+        expected = {"metadata": {"name": "ünïcode ✓", "labels": {"a/b": "c"}},
+                    "spec": {"int": 2**40, "float": 1.5, "bool": True, "none": None,
+                             "list": [1, "two", {"three": [3]}], "empty": {}}}
+        doc["spec"] = "changed after the write"
+        assert store.get(POD_A).value == expected
+
+    # -- list -----------------------------------------------------------------------
+
+    def _populate(self, store: Store) -> list[Key]:
+        keys = [
+            Key("pods", "a", "web-2"), Key("pods", "a", "web-1"), Key("pods", "a", "db"),
+            Key("pods", "ab", "web-1"), Key("pods", "ab-x", "web-1"),
+            Key("pods", "b", "webby"), Key("pods", "b", "x-web"),
+            Key("pods", "", "web-0"), Key("pods", "", "Web-9"),
+            Key("podsx", "a", "web-1"), Key("services", "a", "web-1"),
+        ]
+        for i, key in enumerate(keys):
+            store.create(key, value(i))
+        return keys
+
+    def test_list_by_resource_is_sorted_by_key(self, store: Store) -> None:
+        keys = self._populate(store)
+        listing = store.list("pods")
+        assert [i.key for i in listing] == sorted(k for k in keys if k.resource == "pods")
+        assert listing.revision == store.revision()
+        assert all(i.value == value(keys.index(i.key)) for i in listing)
+        assert [i.key for i in store.list("services")] == [Key("services", "a", "web-1")]
+        assert len(store.list("nothing")) == 0
+
+    def test_list_by_namespace(self, store: Store) -> None:
+        self._populate(store)
+        assert [i.key.name for i in store.list("pods", "a")] == ["db", "web-1", "web-2"]
+        assert [i.key.name for i in store.list("pods", "ab")] == ["web-1"]
+        assert [i.key.name for i in store.list("pods", "")] == ["Web-9", "web-0"]
+        assert len(store.list("pods", "zzz")) == 0
+
+    def test_list_by_name_prefix(self, store: Store) -> None:
+        self._populate(store)
+        assert [str(i.key) for i in store.list("pods", prefix="web")] == [
+            "pods/web-0", "pods/a/web-1", "pods/a/web-2", "pods/ab/web-1", "pods/ab-x/web-1",
+            "pods/b/webby"]
+        assert [i.key.name for i in store.list("pods", "a", "web-")] == ["web-1", "web-2"]
+        assert [i.key.name for i in store.list("pods", "b", "web")] == ["webby"]
+        assert [i.key.name for i in store.list("pods", "", "W")] == ["Web-9"]
+        assert len(store.list("pods", "a", "nope")) == 0
+
+    # -- update / delete ------------------------------------------------------------
+
+    def test_update_is_compare_and_swap(self, store: Store) -> None:
+        created = store.create(POD_A, value(1))
+        updated = store.update(POD_A, value(2), created.revision)
+        assert updated == Item(POD_A, value(2), created.revision + 1, created.revision)
+        assert store.get(POD_A) == updated
+        with pytest.raises(Conflict):
+            store.update(POD_A, value(3), created.revision)  # stale
+        with pytest.raises(Conflict):
+            store.update(POD_A, value(3), updated.revision + 100)  # from the future
+        assert store.get(POD_A) == updated
+        assert store.revision() == updated.revision
+
+    def test_update_missing_is_notfound(self, store: Store) -> None:
+        r0 = store.revision()
+        for revision in (0, 1, r0):
+            with pytest.raises(NotFound):
+                store.update(POD_A, value(1), revision)
+        with pytest.raises(NotFound):
+            store.get(POD_A)
+        assert store.revision() == r0
+
+    def test_delete_without_revision(self, store: Store) -> None:
+        created = store.create(POD_A, value(1))
+        updated = store.update(POD_A, value(2), created.revision)
+        removed = store.delete(POD_A)
+        assert removed == Item(POD_A, value(2), updated.revision + 1, created.revision)
+        assert store.revision() == updated.revision + 1
+        with pytest.raises(NotFound):
+            store.get(POD_A)
+        with pytest.raises(NotFound):
+            store.delete(POD_A)
+        assert store.revision() == updated.revision + 1
+
+    def test_delete_with_revision(self, store: Store) -> None:
+        created = store.create(POD_A, value(1))
+        updated = store.update(POD_A, value(2), created.revision)
+        with pytest.raises(Conflict):
+            store.delete(POD_A, created.revision)
+        assert store.get(POD_A) == updated
+        removed = store.delete(POD_A, updated.revision)
+        assert (removed.value, removed.revision) == (value(2), updated.revision + 1)
+        with pytest.raises(NotFound):
+            store.delete(POD_A, updated.revision)
+
+    def test_revision_counts_every_write_once(self, store: Store) -> None:
+        r0 = store.revision()
+        a = store.create(POD_A, value(1))
+        b = store.create(SVC, value(1))
+        a2 = store.update(POD_A, value(2), a.revision)
+        gone = store.delete(SVC)
+        with pytest.raises(Conflict):
+            store.create(POD_A, value(9))
+        again = store.create(SVC, value(3))
+        assert [a.revision, b.revision, a2.revision, gone.revision, again.revision] == [
+            r0 + 1, r0 + 2, r0 + 3, r0 + 4, r0 + 5]
+        assert again.create_revision == r0 + 5  # a new life, a new create revision
+        assert store.revision() == r0 + 5
+        assert store.list("pods").revision == r0 + 5
+
+    # -- watch ----------------------------------------------------------------------
+
+    def _history(self, store: Store) -> int:
+        """Five writes (pods and a service); returns the revision before them."""
+        r0 = store.revision()
+        a = store.create(POD_A, value(1))
+        store.create(SVC, value(10))
+        a = store.update(POD_A, value(2), a.revision)
+        store.create(POD_B, value(3))
+        store.delete(POD_A, a.revision)
+        return r0
+
+    def test_watch_from_revision_is_ordered_and_filtered(self, store: Store) -> None:
+        r0 = self._history(store)
+        with store.watch("pods", r0 + 1) as w:
+            events = collect(w, 4)
+            assert w.next(0.2) == []
+        assert events == [
+            Event("PUT", POD_A, value(1), r0 + 1),
+            Event("PUT", POD_A, value(2), r0 + 3),
+            Event("PUT", POD_B, value(3), r0 + 4),
+            Event("DELETE", POD_A, value(2), r0 + 5),  # DELETE carries the last value
+        ]
+
+    def test_watch_every_resource_is_gap_free(self, store: Store) -> None:
+        r0 = self._history(store)
+        with store.watch(None, r0 + 1) as w:
+            events = collect(w, 5)
+        assert [e.revision for e in events] == list(range(r0 + 1, r0 + 6))
+        assert [(e.type, str(e.key)) for e in events] == [
+            ("PUT", "pods/a/web-1"), ("PUT", "services/a/web"), ("PUT", "pods/a/web-1"),
+            ("PUT", "pods/b/db-1"), ("DELETE", "pods/a/web-1")]
+        with store.watch("services", r0 + 1) as w:
+            assert [e.value for e in collect(w, 1)] == [value(10)]
+
+    def test_watch_resumes_from_last_seen_plus_one(self, store: Store) -> None:
+        r0 = self._history(store)
+        with store.watch(None, r0 + 1) as w:
+            first = collect(w, 2)[:2]  # the reader stops after two
+        assert [e.revision for e in first] == [r0 + 1, r0 + 2]
+        with store.watch(None, first[-1].revision + 1) as w:
+            rest = collect(w, 3)
+            assert w.next(0.2) == []
+        assert [e.revision for e in rest] == [r0 + 3, r0 + 4, r0 + 5]
+        with store.watch("pods", r0 + 4) as w:
+            assert [(e.type, e.revision) for e in collect(w, 2)] == [
+                ("PUT", r0 + 4), ("DELETE", r0 + 5)]
+
+    def test_watch_delivers_later_writes(self, store: Store) -> None:
+        start = store.revision() + 1
+        with store.watch("pods", start) as w:
+            assert w.next(0.05) == []
+
+            def writer(_: int) -> None:
+                item = store.create(POD_A, value(1))
+                store.create(SVC, value(2))
+                store.update(POD_A, value(3), item.revision)
+
+            run_threads(1, writer)
+            events = collect(w, 2)
+            assert w.next(0.2) == []
+        assert [(e.revision, e.value) for e in events] == [(start, value(1)),
+                                                            (start + 2, value(3))]
+
+    def test_watch_timeout_returns_empty(self, store: Store) -> None:
+        store.create(SVC, value(1))  # another resource: must not wake a pods watch
+        with store.watch("pods", store.revision() + 1) as w:
+            began = time.monotonic()
+            assert w.next(0.3) == []
+            assert time.monotonic() - began >= 0.25
+        with store.watch(None, store.revision() + 1) as w:
+            assert w.next(0.0) == []
+
+    # -- concurrency ----------------------------------------------------------------
+
+    def test_concurrent_cas_has_exactly_one_winner(self, store: Store) -> None:
+        item = store.create(POD_A, value(0))
+        for round_ in range(1, 4):
+            winner = self._cas_race(store, item.revision, round_, threads=6)
+            item = store.get(POD_A)
+            assert item.value == value(round_, writer=winner)
+
+    def _cas_race(self, store: Store, revision: int, n: int, threads: int) -> int:
+        """``threads`` updates from one revision at once; returns the one winner."""
+        barrier = threading.Barrier(threads)
+        winners: list[int] = []
+        lock = threading.Lock()
+
+        def attempt(i: int) -> None:
+            barrier.wait()
+            try:
+                store.update(POD_A, value(n, writer=i), revision)
+            except Conflict:
+                return
+            with lock:
+                winners.append(i)
+
+        run_threads(threads, attempt)
+        assert len(winners) == 1, winners
+        return winners[0]
+
+    def test_concurrent_create_has_exactly_one_winner(self, store: Store) -> None:
+        barrier = threading.Barrier(5)
+        created: list[int] = []
+
+        def attempt(i: int) -> None:
+            barrier.wait()
+            try:
+                store.create(POD_B, value(i))
+            except Conflict:
+                return
+            created.append(i)
+
+        run_threads(5, attempt)
+        assert len(created) == 1
+        assert store.get(POD_B).value == value(created[0])
+
+    def test_concurrent_counter_loses_no_increment(self, store: Store) -> None:
+        threads, times = 4, 15
+        start = store.create(POD_A, value(0)).revision
+
+        def increment(_: int) -> None:
+            for _ in range(times):
+                while True:
+                    item = store.get(POD_A)
+                    try:
+                        store.update(POD_A, value(item.value["spec"]["n"] + 1), item.revision)
+                        break
+                    except Conflict:
+                        continue
+
+        with store.watch("pods", start + 1) as w:
+            run_threads(threads, increment)
+            events = collect(w, threads * times)
+            assert w.next(0.1) == []
+        total = threads * times
+        assert store.get(POD_A).value == value(total)
+        assert [e.revision for e in events] == list(range(start + 1, start + total + 1))
+        assert [e.value for e in events] == [value(n) for n in range(1, total + 1)]
