@@ -78,6 +78,10 @@ class IPAMBlock(Resource):
         unallocated = tuple(int(x) for x in (f.raw("unallocated") or []))
         attributes = []
         for path, item in f.list("attributes"):
+            fast = _attribute(item)  # blocks are read on every allocation: skip Fields if sound
+            if fast is not None:
+                attributes.append(fast)
+                continue
             a = Fields(item, path, f.errors)
             attributes.append(AllocationAttribute(
                 a.str("handle_id"), tuple(sorted(a.str_map("secondary").items()))))
@@ -113,6 +117,17 @@ class IPAMBlock(Resource):
 
     def used(self) -> int:
         return sum(1 for a in self.spec.allocations if a is not None)
+
+
+def _attribute(item: object) -> AllocationAttribute | None:
+    """A well-formed attribute without the per-field bookkeeping; None if anything is off."""
+    if not isinstance(item, dict) or not set(item) <= {"handle_id", "secondary"}:
+        return None
+    handle_id, secondary = item.get("handle_id", ""), item.get("secondary") or {}
+    if not isinstance(handle_id, str) or not isinstance(secondary, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in secondary.items()):
+        return None
+    return AllocationAttribute(handle_id, tuple(sorted(secondary.items())))
 
 
 @dataclass(frozen=True, slots=True)
