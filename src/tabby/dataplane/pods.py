@@ -1,0 +1,235 @@
+"""Pod plumbing, the Calico way: one veth per pod interface, routed, no bridge.
+
+    node namespace                              pod namespace
+    tab<hash>  ee:ee:ee:ee:ee:ee, no address    eth0  POD_IP/32, POD_IP6/128
+      proxy_arp=1, proxy_delay=0, accept_dad=0     169.254.1.1 dev eth0 scope link
+      POD_IP/32 dev tab<hash> scope link           default via 169.254.1.1 dev eth0
+      POD_IP6/128 dev tab<hash>                    default via fe80::ecee:eeff:feee:eeee dev eth0
+
+The pod reaches 169.254.1.1 through proxy ARP on the host veth (the node needs
+a unicast route covering it), and the IPv6 gateway is the host veth's own
+link-local address, derived from its fixed MAC. ``accept_dad=0`` on both ends
+makes addresses usable at once. The host routes carry tabby's protocol
+number, so the route reconciler adopts them instead of fighting them.
+
+``PodWirer.wire`` is idempotent (an existing, intact pair is reused and its
+addresses brought in line), ``unwire`` tolerates anything already gone, and
+``inspect`` lists what is off, for CNI CHECK.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import ipaddress
+import os
+import re
+from dataclasses import dataclass
+
+from tabby.dataplane.netlink import CallCounts, Link, Netlink, NetlinkError
+from tabby.dataplane.routes import ROUTE_PROTOCOL
+from tabby.errors import DataplaneError
+
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+VETH_PREFIX = "tab"
+HOST_MAC = "ee:ee:ee:ee:ee:ee"
+GATEWAY_V4 = ipaddress.IPv4Address("169.254.1.1")
+GATEWAY_V6 = ipaddress.IPv6Address("fe80::ecee:eeff:feee:eeee")
+DEFAULT_V4 = ipaddress.IPv4Network("0.0.0.0/0")
+DEFAULT_V6 = ipaddress.IPv6Network("::/0")
+_HOST_VETH = re.compile(rf"^{VETH_PREFIX}[0-9a-f]{{12}}$")
+
+
+def host_veth_name(container_id: str, ifname: str) -> str:
+    """``tab`` + 12 hex digits of sha1(container id, ifname): 15 characters, stable."""
+    digest = hashlib.sha1(f"{container_id}.{ifname}".encode(), usedforsecurity=False)
+    return VETH_PREFIX + digest.hexdigest()[:12]
+
+
+def gateway_for(version: int) -> IPAddress:
+    return GATEWAY_V4 if version == 4 else GATEWAY_V6
+
+
+@dataclass(frozen=True, slots=True)
+class PodWiring:
+    """What one pod interface should look like."""
+
+    host_veth: str
+    netns: str  # path of the pod's network namespace
+    ifname: str  # inside the pod, e.g. eth0
+    addresses: tuple[IPInterface, ...]  # /32 and /128
+    mtu: int = 1500
+
+
+@dataclass(frozen=True, slots=True)
+class WiredPod:
+    host_veth: str
+    host_mac: str
+    ifname: str
+    pod_mac: str
+    pod_index: int
+
+
+class PodWirer:
+    def __init__(self, counts: CallCounts, protocol: int = ROUTE_PROTOCOL) -> None:
+        self._counts = counts
+        self.protocol = protocol
+
+    # -- ADD -----------------------------------------------------------------
+    def wire(self, w: PodWiring) -> WiredPod:
+        if not os.path.exists(w.netns):
+            raise DataplaneError(f"pod network namespace {w.netns} does not exist")
+        with Netlink.open(self._counts) as node, Netlink.open(self._counts, w.netns) as pod:
+            host = self._existing_pair(node, pod, w)
+            if host is None:
+                host = node.add_veth(w.host_veth, w.ifname, w.netns, mac=HOST_MAC, mtu=w.mtu)
+            self._host_side(node, w)
+            pod_link = self._pod_side(pod, w)
+            self._host_routes(node, w)
+            host = node.link(w.host_veth) or host
+        return WiredPod(w.host_veth, host.mac, w.ifname, pod_link.mac, pod_link.index)
+
+    def _existing_pair(self, node: Netlink, pod: Netlink, w: PodWiring) -> Link | None:
+        """The host veth if it and the pod interface are each other's peers; else clear the way."""
+        host = node.link(w.host_veth)
+        inside = pod.link(w.ifname)
+        if host is not None and inside is not None and inside.kind == "veth" \
+                and host.peer_index == inside.index and inside.peer_index == host.index:
+            return host
+        if host is not None:
+            node.delete_link(w.host_veth)  # half a pair, or paired elsewhere: start over
+            inside = pod.link(w.ifname)
+        if inside is not None:
+            raise DataplaneError(
+                f"{w.netns} already has an interface {w.ifname} that tabby did not create;"
+                f" remove it or pick another CNI_IFNAME")
+        return None
+
+    def _host_side(self, node: Netlink, w: PodWiring) -> None:
+        name = w.host_veth
+        for key, value in (
+                (f"net/ipv6/conf/{name}/accept_dad", "0"),  # before up: link-local at once
+                (f"net/ipv4/conf/{name}/proxy_arp", "1"),
+                (f"net/ipv4/neigh/{name}/proxy_delay", "0"),  # answer ARP without delay
+        ):
+            _sysctl_if_present(node, key, value)
+        node.set_link(name, mac=HOST_MAC, mtu=w.mtu, up=True)
+
+    def _pod_side(self, pod: Netlink, w: PodWiring) -> Link:
+        _sysctl_if_present(pod, f"net/ipv6/conf/{w.ifname}/accept_dad", "0")
+        pod.set_link("lo", up=True)
+        pod.set_link(w.ifname, mtu=w.mtu, up=True)
+        wanted = set(w.addresses)
+        for present in pod.addresses(w.ifname):
+            if present not in wanted and not present.ip.is_link_local:
+                pod.delete_address(w.ifname, present)
+        for address in w.addresses:
+            pod.add_address(w.ifname, address, nodad=True)
+        versions = {a.version for a in w.addresses}
+        if 4 in versions:
+            pod.replace_route(ipaddress.ip_network(GATEWAY_V4), protocol=self.protocol,
+                              dev=w.ifname, scope_link=True)
+            pod.replace_route(DEFAULT_V4, protocol=self.protocol, gateway=GATEWAY_V4,
+                              dev=w.ifname)
+        if 6 in versions:
+            pod.replace_route(DEFAULT_V6, protocol=self.protocol, gateway=GATEWAY_V6,
+                              dev=w.ifname)
+        link = pod.link(w.ifname)
+        if link is None:
+            raise DataplaneError(f"{w.ifname} vanished from {w.netns} while wiring it")
+        return link
+
+    def _host_routes(self, node: Netlink, w: PodWiring) -> None:
+        for address in w.addresses:
+            node.replace_route(ipaddress.ip_network(address.ip), protocol=self.protocol,
+                               dev=w.host_veth, scope_link=address.version == 4)
+
+    # -- DEL -----------------------------------------------------------------
+    def unwire(self, host_veth: str) -> bool:
+        """Delete the pair (the kernel drops its routes with it); False if it was gone."""
+        with Netlink.open(self._counts) as node:
+            return node.delete_link(host_veth)
+
+    def host_veths(self) -> list[str]:
+        """Names of tabby's pod veths on this node (GC's inventory)."""
+        with Netlink.open(self._counts) as node:
+            return sorted(link.name for link in node.links()
+                          if link.kind == "veth" and _HOST_VETH.match(link.name))
+
+    # -- CHECK ---------------------------------------------------------------
+    def inspect(self, w: PodWiring) -> list[str]:
+        """What differs from ``w``, one line per problem; [] when all is in place."""
+        problems: list[str] = []
+        with Netlink.open(self._counts) as node:
+            problems += self._inspect_host(node, w)
+        if not os.path.exists(w.netns):
+            return [*problems, f"pod network namespace {w.netns} is gone"]
+        with Netlink.open(self._counts, w.netns) as pod:
+            problems += self._inspect_pod(pod, w)
+        return problems
+
+    def _inspect_host(self, node: Netlink, w: PodWiring) -> list[str]:
+        host = node.link(w.host_veth)
+        if host is None:
+            return [f"host interface {w.host_veth} is missing"]
+        problems = []
+        if not host.up:
+            problems.append(f"host interface {w.host_veth} is down")
+        if host.mac != HOST_MAC:
+            problems.append(f"host interface {w.host_veth} has MAC {host.mac}, not {HOST_MAC}")
+        if _sysctl_or_none(node, f"net/ipv4/conf/{w.host_veth}/proxy_arp") not in ("1", None):
+            problems.append(f"proxy_arp is off on {w.host_veth}")
+        have = _route_view(node, host.index)
+        for address in w.addresses:
+            dst = ipaddress.ip_network(address.ip)
+            if (dst, None) not in have:
+                problems.append(f"host route {dst} dev {w.host_veth} is missing")
+        return problems
+
+    def _inspect_pod(self, pod: Netlink, w: PodWiring) -> list[str]:
+        link = pod.link(w.ifname)
+        if link is None:
+            return [f"{w.ifname} is missing in {w.netns}"]
+        problems = []
+        if not link.up:
+            problems.append(f"{w.ifname} in {w.netns} is down")
+        present = set(pod.addresses(w.ifname))
+        problems += [f"address {a} is missing on {w.ifname}" for a in w.addresses
+                     if a not in present]
+        have = _route_view(pod, link.index)
+        versions = {a.version for a in w.addresses}
+        expected: list[tuple[IPNetwork, IPAddress | None]] = []
+        if 4 in versions:
+            expected += [(ipaddress.ip_network(GATEWAY_V4), None), (DEFAULT_V4, GATEWAY_V4)]
+        if 6 in versions:
+            expected.append((DEFAULT_V6, GATEWAY_V6))
+        for dst, gateway in expected:
+            if (dst, gateway) not in have:
+                via = f" via {gateway}" if gateway else ""
+                problems.append(f"route {dst}{via} dev {w.ifname} is missing in the pod")
+        return problems
+
+
+def _route_view(nl: Netlink, index: int) -> set[tuple[IPNetwork, IPAddress | None]]:
+    return {(r.dst, r.gateway) for version in (4, 6) for r in nl.routes(version)
+            if r.oif == index and r.type == "unicast"}
+
+
+def _sysctl_if_present(nl: Netlink, key: str, value: str) -> None:
+    try:
+        nl.sysctl_set(key, value)
+    except NetlinkError as exc:
+        if exc.code != errno.ENOENT:  # e.g. IPv6 disabled in that namespace
+            raise
+
+
+def _sysctl_or_none(nl: Netlink, key: str) -> str | None:
+    try:
+        return nl.sysctl_get(key)
+    except NetlinkError as exc:
+        if exc.code == errno.ENOENT:
+            return None
+        raise

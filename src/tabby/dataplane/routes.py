@@ -1,0 +1,170 @@
+"""The route reconciler: make the main table hold exactly tabby's desired routes.
+
+    RouteReconciler(counts).apply(desired: frozenset[Route]) -> RouteSync
+
+A pass reads back what the kernel has (both families, main table), diffs it
+against ``desired`` and makes the smallest change: ``replace`` for a missing
+or different route, ``delete`` for one of ours nobody wants. When ``desired``
+equals what the last clean pass installed, the pass is skipped without
+touching the kernel (most store events do not change this node's routes),
+unless the caller asks for ``full=True`` (the agent does so periodically, to
+repair routes changed behind its back). After any error the next pass is a
+full one. A full pass costs one route dump per family and one link dump.
+
+Ownership is marked by the route protocol number ``ROUTE_PROTOCOL``:
+
+- routes with any other protocol (the kernel's, BIRD's, an operator's) are
+  never changed or deleted; a desired route whose destination is already
+  held by such a route is skipped and counted as a conflict;
+- leftovers with our protocol are deleted only once a pass has installed
+  everything it could without error (the first full sync). A restarted agent
+  thus replaces routes in place and never flushes: running pods keep their
+  traffic flowing while it catches up.
+
+A desired route through a device that does not exist (yet) is skipped and
+counted as unresolved, not treated as an error: the pod's veth may be on its
+way, and retrying cannot help until it is.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from tabby.calc.routes import Route, route_sort_key
+from tabby.dataplane.netlink import CallCounts, KernelRoute, Netlink, NetlinkError
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+ROUTE_PROTOCOL = 77
+"""tabby's route protocol number (``ip route ... proto 77``).
+
+Unassigned in iproute2's ``rt_protos`` (kernel 0-4, zebra 11, bird 12, bgp 186,
+...) and distinct from BIRD's 12 and from Calico's Felix (80), so tabby's routes
+can be told apart from the kernel's, BIRD's and a neighbouring Calico's.
+"""
+
+
+@dataclass(slots=True)
+class RouteSync:
+    """What one pass did."""
+
+    replaced: list[Route] = field(default_factory=list)
+    deleted: list[KernelRoute] = field(default_factory=list)
+    unchanged: int = 0
+    conflicts: list[Route] = field(default_factory=list)  # held by a foreign route
+    unresolved: list[Route] = field(default_factory=list)  # device missing
+    errors: list[str] = field(default_factory=list)
+    failed: list[Route] = field(default_factory=list)  # the kernel refused these
+    swept: bool = False  # leftovers were considered for deletion
+
+    @property
+    def changes(self) -> int:
+        return len(self.replaced) + len(self.deleted)
+
+
+@dataclass(frozen=True, slots=True)
+class _Table:
+    ours: Mapping[IPNetwork, tuple[KernelRoute, ...]]
+    foreign: frozenset[IPNetwork]
+    names: Mapping[int, str]  # ifindex -> name
+    link_names: frozenset[str]  # links present
+
+
+class RouteReconciler:
+    def __init__(self, counts: CallCounts, protocol: int = ROUTE_PROTOCOL,
+                 netns: str | None = None) -> None:
+        self._counts = counts
+        self.protocol = protocol
+        self._netns = netns
+        self.synced = False  # a pass completed without error: leftovers may go
+        self._installed: frozenset[Route] | None = None  # desired of the last clean pass
+
+    def apply(self, desired: frozenset[Route], full: bool = False) -> RouteSync:
+        result = RouteSync()
+        if not full and desired == self._installed:
+            result.unchanged = len(desired)
+            return result
+        self._installed = None
+        with Netlink.open(self._counts, self._netns) as nl:
+            table = self._read(nl)
+            for route in sorted(desired, key=route_sort_key):
+                self._ensure(nl, table, route, result)
+            if not result.errors and not self.synced:
+                self.synced = True
+            if self.synced:
+                result.swept = True
+                self._sweep(nl, desired, result)
+        if not result.errors and not result.unresolved and not result.conflicts:
+            self._installed = desired
+        return result
+
+    def _read(self, nl: Netlink) -> _Table:
+        ours: dict[IPNetwork, list[KernelRoute]] = {}
+        foreign: set[IPNetwork] = set()
+        for version in (4, 6):
+            for kr in nl.routes(version):
+                if kr.protocol == self.protocol:
+                    ours.setdefault(kr.dst, []).append(kr)
+                elif kr.type != "other":
+                    foreign.add(kr.dst)
+        links = nl.links()
+        return _Table(ours={k: tuple(v) for k, v in ours.items()}, foreign=frozenset(foreign),
+                      names={link.index: link.name for link in links},
+                      link_names=frozenset(link.name for link in links))
+
+    def _ensure(self, nl: Netlink, table: _Table, route: Route, result: RouteSync) -> None:
+        present = table.ours.get(route.dst, ())
+        if any(_matches(route, kr, table.names) for kr in present):
+            result.unchanged += 1
+            return
+        if route.dst in table.foreign:  # a replace could overwrite the foreign route
+            result.conflicts.append(route)
+            return
+        if route.dev is not None and route.dev not in table.link_names:
+            result.unresolved.append(route)
+            return
+        try:
+            nl.replace_route(route.dst, protocol=self.protocol, type=route.type,
+                             gateway=route.gateway, dev=route.dev,
+                             scope_link=route.dev is not None and route.gateway is None
+                             and route.dst.version == 4)
+        except NetlinkError as exc:
+            result.errors.append(str(exc))
+            result.failed.append(route)
+            return
+        result.replaced.append(route)
+
+    def _sweep(self, nl: Netlink, desired: frozenset[Route], result: RouteSync) -> None:
+        """Delete our routes nobody wants (and our duplicates of wanted ones), re-read first."""
+        table = self._read(nl)
+        wanted = {r.dst: r for r in desired}
+        failed = {r.dst for r in (*result.conflicts, *result.failed)}
+        for dst, present in table.ours.items():
+            route = wanted.get(dst)
+            keep = None
+            if route is not None:
+                keep = next((kr for kr in present if _matches(route, kr, table.names)), None)
+                if keep is None and dst in failed:
+                    continue  # our old route stays until the new one can go in
+            for kr in present:
+                if kr is keep:
+                    continue
+                try:
+                    if nl.delete_route(kr):
+                        result.deleted.append(kr)
+                except NetlinkError as exc:
+                    result.errors.append(str(exc))
+
+
+def _matches(route: Route, kr: KernelRoute, names: Mapping[int, str]) -> bool:
+    if route.type != kr.type or kr.onlink:
+        return False
+    if route.type == "blackhole":
+        return True
+    if route.gateway != kr.gateway:
+        return False
+    if route.dev is None:
+        return True
+    return kr.oif is not None and names.get(kr.oif) == route.dev

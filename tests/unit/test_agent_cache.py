@@ -1,0 +1,142 @@
+"""StoreCache: list, then fold watch events and the agent's own writes, revision-guarded."""
+
+from __future__ import annotations
+
+import pytest
+
+from tabby.agent.cache import StoreCache
+from tabby.errors import Compacted
+from tabby.model import IPAMBlock, IPPool, Node, Pod, WorkloadEndpoint
+from tabby.store.client import Client, key_of
+from tabby.store.memory import MemoryStore
+
+
+def node(name: str, v4: str) -> Node:
+    return Node.from_manifest({"apiVersion": "tabby.dev/v1", "kind": "Node",
+                               "metadata": {"name": name},
+                               "spec": {"bgp": {"ipv4Address": v4}}})
+
+
+def wep(node_name: str, pod: str, labels: dict[str, str] | None = None) -> WorkloadEndpoint:
+    return WorkloadEndpoint.from_manifest({
+        "apiVersion": "tabby.dev/v1", "kind": "WorkloadEndpoint",
+        "metadata": {"name": f"{node_name}-k8s-{pod}-eth0", "namespace": "default",
+                     "labels": labels or {}},
+        "spec": {"node": node_name, "pod": pod, "interfaceName": "tab000000000001",
+                 "ipNetworks": ["198.19.0.1/32"], "containerID": "c1"}})
+
+
+def pod(name: str, labels: dict[str, str] | None = None) -> Pod:
+    return Pod.from_manifest({"apiVersion": "v1", "kind": "Pod",
+                              "metadata": {"name": name, "labels": labels or {}},
+                              "spec": {"containers": [{"name": "c"}]}})
+
+
+@pytest.fixture
+def client() -> Client:
+    return Client(MemoryStore())
+
+
+def follow(cache: StoreCache, client: Client, start: int) -> set[str]:
+    with client.store.watch(None, start) as w:
+        return cache.apply(w.next(timeout=0.1))
+
+
+def test_load_lists_kinds_and_keeps_only_local_endpoints(client: Client) -> None:
+    client.create(node("node-1", "198.18.0.11/24"))
+    client.create(wep("node-1", "a"))
+    client.create(wep("node-2", "b"))
+    client.create(pod("a"))
+    cache = StoreCache(client.store, "node-1")
+    start = cache.load()
+    assert start == client.store.revision()
+    snap = cache.snapshot()
+    assert [n.meta.name for n in snap.nodes] == ["node-1"]
+    assert [e.spec.pod for e in snap.endpoints] == ["a"]
+    assert [p.meta.name for p in snap.pods] == ["a"]
+
+
+def test_events_update_the_snapshot(client: Client) -> None:
+    cache = StoreCache(client.store, "node-1")
+    start = cache.load()
+    client.create(node("node-2", "198.18.0.12/24"))
+    created = client.create(wep("node-1", "a"))
+    changed = follow(cache, client, start + 1)
+    assert changed == {"nodes.tabby.dev", "workloadendpoints.tabby.dev"}
+    assert cache.snapshot().node_address("node-2", 4) is not None
+    client.delete(WorkloadEndpoint, created.meta.name, "default")
+    assert follow(cache, client, start + 3) == {"workloadendpoints.tabby.dev"}
+    assert cache.snapshot().endpoints == ()
+
+
+def test_unrelated_kinds_are_ignored(client: Client) -> None:
+    cache = StoreCache(client.store, "node-1")
+    start = cache.load()
+    client.create(IPPool.from_manifest({"apiVersion": "tabby.dev/v1", "kind": "IPPool",
+                                        "metadata": {"name": "p"},
+                                        "spec": {"cidr": "198.19.0.0/16"}}))
+    assert follow(cache, client, start + 1) == set()
+    assert cache.revision == client.store.revision()
+
+
+def test_own_write_is_not_undone_by_an_older_event(client: Client) -> None:
+    cache = StoreCache(client.store, "node-1")
+    start = cache.load()
+    first = client.create(wep("node-1", "a", {"v": "1"}))
+    second = client.update(first.with_meta(labels={"v": "2"}))
+    cache.put(second)  # the agent records its own write at once
+    follow(cache, client, start + 1)  # replays both events, the older one first
+    [ep] = cache.snapshot().endpoints
+    assert ep.meta.labels == {"v": "2"}
+
+
+def test_own_delete_is_not_undone_by_an_older_put(client: Client) -> None:
+    cache = StoreCache(client.store, "node-1")
+    start = cache.load()
+    created = client.create(wep("node-1", "a"))
+    gone = client.delete(WorkloadEndpoint, created.meta.name, "default")
+    cache.remove(key_of(created), int(gone.meta.resource_version))
+    with client.store.watch(None, start + 1) as w:
+        events = w.next(timeout=0.1)
+    cache.apply(events[:1])  # only the PUT arrives first: the tombstone wins
+    assert cache.snapshot().endpoints == ()
+    cache.apply(events[1:])
+    assert cache.snapshot().endpoints == ()
+
+
+def test_endpoint_moving_to_another_node_leaves_the_cache(client: Client) -> None:
+    cache = StoreCache(client.store, "node-1")
+    created = client.create(wep("node-1", "a"))
+    start = cache.load()
+    moved = WorkloadEndpoint.from_manifest({**created.to_manifest()})
+    doc = moved.to_manifest()
+    doc["spec"]["node"] = "node-2"
+    client.update(WorkloadEndpoint.from_manifest(doc))
+    assert follow(cache, client, start + 1) == {"workloadendpoints.tabby.dev"}
+    assert cache.snapshot().endpoints == ()
+
+
+def test_compacted_history_is_reported_for_a_relist() -> None:
+    store = MemoryStore(history=2)
+    client = Client(store)
+    cache = StoreCache(store, "node-1")
+    start = cache.load()
+    for i in range(5):
+        client.create(node(f"node-{i}", f"198.18.0.{10 + i}/24"))
+    with pytest.raises(Compacted), store.watch(None, start + 1) as w:
+        w.next(timeout=0.1)
+    cache.load()
+    assert len(cache.snapshot().nodes) == 5
+
+
+def test_blocks_are_cached_typed(client: Client) -> None:
+    size = 64
+    client.create(IPAMBlock.from_manifest({
+        "apiVersion": "tabby.dev/v1", "kind": "IPAMBlock", "metadata": {"name": "b"},
+        "spec": {"cidr": "198.19.0.0/26", "affinity": "host:node-1",
+                 "allocations": [None] * size, "unallocated": list(range(size)),
+                 "attributes": []}}))
+    cache = StoreCache(client.store, "node-1")
+    cache.load()
+    [block] = cache.snapshot().blocks
+    assert block.node == "node-1"
