@@ -9,8 +9,9 @@ Pods and Namespaces go through the lab, which wires them like a kubelet would.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 import yaml
@@ -101,19 +102,40 @@ def cmd_apply(args: argparse.Namespace) -> int:
     lab = running_lab(args)
     # Namespaces before the pods that live in them, whatever the file order.
     objects.sort(key=lambda o: 0 if isinstance(o, Namespace) else 1)
+    pods = [o for o in objects if isinstance(o, Pod)] if lab is not None else []
     for obj in objects:
-        try:
-            verb = apply_one(client, lab, obj)
-        except ValidationError as exc:
-            errors.extend(exc.lines())
-            continue
-        except TabbyError as exc:
-            errors.append(f"{obj.ref}: {exc}")
-            continue
-        print(f"{_display(obj)} {verb}")
+        if lab is not None and isinstance(obj, Pod):
+            continue  # wired below, several at a time
+        report(obj, functools.partial(apply_one, client, lab, obj), errors)
+    if pods:
+        from tabby.cli.lab import ProgressPrinter
+        from tabby.lab import pods as lab_pods
+        results = lab_pods.apply_pods(lab, client, pods,  # type: ignore[arg-type]
+                                      ProgressPrinter() if len(pods) > 1 else None)
+        for pod, result in zip(pods, results, strict=True):
+            report(pod, functools.partial(_reraise, result), errors)
     for line in errors:
         print(f"error: {line}", file=sys.stderr)
     return 1 if errors else 0
+
+
+def report(obj: Resource, action: Callable[[], str], errors: list[str]) -> None:
+    """Run one object's action, printing kubectl's line or collecting its error."""
+    try:
+        verb = action()
+    except ValidationError as exc:
+        errors.extend(exc.lines())
+        return
+    except TabbyError as exc:
+        errors.append(f"{obj.ref}: {exc}")
+        return
+    print(f"{_display(obj)} {verb}", flush=True)
+
+
+def _reraise(result: str | TabbyError) -> str:
+    if isinstance(result, TabbyError):
+        raise result
+    return result
 
 
 def apply_one(client: Client, lab: object | None, obj: Resource) -> str:
@@ -180,9 +202,12 @@ def cmd_delete(args: argparse.Namespace) -> int:
     for cls, name, ns in targets:
         label = f"{cls.KIND.kind.lower()}/{name}"
         try:
-            if lab is not None and cls is Pod:
+            if lab is not None and cls in (Pod, Namespace):
                 from tabby.lab import pods as lab_pods
-                lab_pods.delete_pod(lab, client, ns, name)  # type: ignore[arg-type]
+                if cls is Pod:
+                    lab_pods.delete_pod(lab, client, ns, name)  # type: ignore[arg-type]
+                else:
+                    lab_pods.delete_namespace(lab, client, name)  # type: ignore[arg-type]
             else:
                 client.delete(cls, name, ns)
         except NotFound:

@@ -1,0 +1,235 @@
+"""Build a lab from its ``Topology`` and tear down exactly what was built.
+
+    Lab(plan("tabby", nodes=3)).up(progress)    ->  LabState (also in state.json)
+    down("tabby")                               ->  every recorded process stopped,
+                                                    link and namespace deleted, dir removed
+
+``up`` goes: record the namespaces, make them and set their sysctls
+(accept_dad=0 before any link exists), wire the fabric (the ToR's bridge, one
+veth per node, addresses, default routes via the ToR), write each node's CNI
+files, start the datastore and seed it (pools, Node objects, the ``default``
+namespace), start one agent per node inside its namespace and wait, with a
+deadline, until each serves CNI STATUS. A failure tears down what was made and
+raises with the reason (an agent's log tail when an agent did not come up).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tabby.errors import LabError, TabbyError
+from tabby.lab import datastore, system
+from tabby.lab.cni import CNIRuntime, cni_conflist, portmap_version
+from tabby.lab.state import LabState, Link, NodeRecord, StateFile, lab_dir, load
+from tabby.lab.topology import NodePlan, Topology
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+T = TypeVar("T")
+
+NODE_SYSCTLS = {
+    "net.ipv4.ip_forward": "1",
+    "net.ipv6.conf.all.forwarding": "1",
+    "net.ipv6.conf.all.accept_dad": "0",
+    "net.ipv6.conf.default.accept_dad": "0",
+}
+AGENT_METRICS = "127.0.0.1:9099"  # inside each node's own namespace
+AGENT_TIMEOUT = 60.0
+WORKERS = 8
+
+
+def _no_progress(stage: str, done: int, total: int) -> None:
+    pass
+
+
+class Lab:
+    def __init__(self, topology: Topology, *, agent_timeout: float = AGENT_TIMEOUT) -> None:
+        self.topology = topology
+        self.dir = lab_dir(topology.name)
+        self.state_file = StateFile(self.dir)
+        self.agent_timeout = agent_timeout
+
+    def up(self, progress: Progress | None = None) -> LabState:
+        """Build the lab; on any failure tear down what was made and re-raise."""
+        report = progress or _no_progress
+        self._claim()
+        try:
+            self._fabric(report)
+            self._node_files()
+            self._datastore(report)
+            self._agents(report)
+            return self.state_file.mutate(lambda s: dataclasses.replace(s, phase="up"))
+        except BaseException as exc:
+            try:
+                teardown(self.state_file.read())
+            except TabbyError as cleanup:
+                exc.add_note(f"tearing the half-built lab down failed too: {cleanup}")
+            raise
+
+    # -- steps ----------------------------------------------------------------
+
+    def _claim(self) -> None:
+        t = self.topology
+        if load(t.name) is not None:
+            raise LabError(f"lab {t.name} is already up (tabby lab down --name {t.name})")
+        taken = sorted(set(t.netns()) & system.netns_list())
+        if taken:
+            raise LabError(f"lab {t.name}: namespaces {', '.join(taken)} exist but no lab state"
+                           " records them; delete them (ip netns delete NAME) first")
+        if self.dir.exists():  # our own directory, left without a state file
+            shutil.rmtree(self.dir)
+        self.dir.mkdir(parents=True)
+        self.state_file.write(LabState(name=t.name, dir=self.dir, phase="building",
+                                       options=t.options(), datastore=""))
+
+    def _fabric(self, report: Progress) -> None:
+        t = self.topology
+        links = tuple(Link(t.tor_netns, name) for name in
+                      (*(r.bridge for r in t.racks), *(n.tor_if for n in t.nodes)))
+        self.state_file.mutate(lambda s: dataclasses.replace(s, netns=t.netns(), links=links))
+        system.add_netns(t.netns())
+        parallel(lambda ns: system.sysctl(ns, NODE_SYSCTLS), t.netns())
+        report("namespaces", len(t.netns()), len(t.netns()))
+        system.ip_batch(tor_commands(t), t.tor_netns)
+        parallel(lambda n: system.ip_batch(node_commands(t, n), n.netns), t.nodes)
+        report("fabric", len(t.nodes), len(t.nodes))
+
+    def _node_files(self) -> None:
+        from tabby.cni.install import link_reference_plugins, write_plugin
+        t = self.topology
+        with_portmap = portmap_version()
+        records = []
+        for node in t.nodes:
+            rec = NodeRecord(node.name, node.netns, self.dir / node.name)
+            rec.cni_conflist.parent.mkdir(parents=True)
+            conf = cni_conflist(rec.cni_socket, t.mtu, portmap_version=with_portmap)
+            rec.cni_conflist.write_text(json.dumps(conf, indent=2) + "\n")
+            link_reference_plugins(rec.cni_bin_dir)
+            write_plugin(rec.cni_bin_dir)
+            records.append(rec)
+        self.state_file.mutate(lambda s: dataclasses.replace(s, nodes=tuple(records)))
+
+    def _datastore(self, report: Progress) -> None:
+        url = datastore.start(self.topology, self.state_file)
+        datastore.seed(self.topology, url)
+        report("datastore", 1, 1)
+
+    def _agents(self, report: Progress) -> None:
+        t = self.topology
+        state = self.state_file.read()
+        for node in state.nodes:
+            argv = system.in_netns(node.netns, agent_argv(state.datastore, node, t.mtu))
+            proc = system.spawn(argv, f"agent {node.name}", node.agent_log)
+            record = dataclasses.replace(node, agent=proc)
+            self.state_file.mutate(functools.partial(LabState.with_node, node=record))
+        wait_agents(self.state_file.read(), self.agent_timeout, report)
+
+
+def tor_commands(t: Topology) -> list[str]:
+    cmds = ["link set lo up"]
+    for rack in t.racks:
+        cmds += [f"link add {rack.bridge} mtu {t.mtu} type bridge",
+                 *(f"addr add {gw} dev {rack.bridge} nodad" if gw.version == 6
+                   else f"addr add {gw} dev {rack.bridge}" for gw in rack.gateways()),
+                 f"link set {rack.bridge} up"]
+    for node in t.nodes:
+        cmds += [f"link add {node.tor_if} mtu {t.mtu} type veth"
+                 f" peer name {node.fabric_if} netns {node.netns}",
+                 f"link set {node.tor_if} master {t.rack(node.rack).bridge} up"]
+    return cmds
+
+
+def node_commands(t: Topology, node: NodePlan) -> list[str]:
+    rack = t.rack(node.rack)
+    cmds = ["link set lo up", f"link set {node.fabric_if} up"]
+    cmds += [f"addr add {a} dev {node.fabric_if}" + (" nodad" if a.version == 6 else "")
+             for a in node.addresses()]
+    # A default route via the ToR: proxy ARP for the pods' 169.254.1.1 needs a unicast route.
+    cmds += [f"route add default via {gw.ip} dev {node.fabric_if}" for gw in rack.gateways()]
+    return cmds
+
+
+def agent_argv(url: str, node: NodeRecord, mtu: int) -> list[str]:
+    return [*tabby_command(), "--datastore", url, "agent", "--node", node.name,
+            "--cni-socket", str(node.cni_socket), "--metrics-addr", AGENT_METRICS,
+            "--mtu", str(mtu)]
+
+
+def tabby_command() -> list[str]:
+    """The ``tabby`` entry point of the running installation."""
+    script = Path(sys.executable).parent / "tabby"
+    if script.is_file():
+        return [str(script)]
+    return [sys.executable, "-m", "tabby.cli.main"]
+
+
+def wait_agents(state: LabState, timeout: float, report: Progress) -> None:
+    """Poll until every node's agent answers CNI STATUS; LabError with the log tail of
+    an agent that exited or did not come up in time."""
+    pending = {n.name: n for n in state.nodes}
+    total = len(pending)
+    deadline = time.monotonic() + timeout
+    while pending:
+        for name, node in list(pending.items()):
+            if node.agent is None or not system.alive(node.agent):
+                raise LabError(f"agent of {name} exited while starting; the end of"
+                               f" {node.agent_log}:\n{system.tail(node.agent_log)}")
+            if node.cni_socket.exists() and CNIRuntime(node).ready():
+                del pending[name]
+                report("agents", total - len(pending), total)
+        if pending and time.monotonic() > deadline:
+            node = next(iter(pending.values()))
+            raise LabError(f"agents of {', '.join(sorted(pending))} not ready after"
+                           f" {timeout:g}s; the end of {node.agent_log}:\n"
+                           f"{system.tail(node.agent_log)}")
+        if pending:
+            time.sleep(0.1)
+
+
+def down(name: str, grace: float = 5.0) -> LabState:
+    """Tear lab ``name`` down; the state it had. LabError if no such lab is up."""
+    state_file = StateFile(lab_dir(name))
+    if load(name) is None:
+        raise LabError(f"no lab named {name!r} is up")
+    state = state_file.mutate(lambda s: dataclasses.replace(s, phase="down"))
+    teardown(state, grace)
+    return state
+
+
+def teardown(state: LabState, grace: float = 5.0) -> None:
+    """Stop the recorded processes, delete the recorded links and namespaces, then the
+    lab's directory. Safe to repeat; tolerates what is already gone."""
+    workloads = [p for p in state.all_procs() if p not in state.procs]
+    system.stop(workloads, grace)  # listeners and agents, while their datastore still answers
+    for proc in state.procs:  # one by one: etcd members stopped together stall on each other
+        system.stop([proc], grace)
+    present = system.netns_list()
+    by_netns: dict[str, list[str]] = {}
+    for link in state.links:
+        if link.netns in present:
+            by_netns.setdefault(link.netns, []).append(link.name)
+    for netns, names in by_netns.items():
+        existing = system.link_names(netns)
+        system.ip_batch([f"link delete {n}" for n in names if n in existing], netns)
+    system.delete_netns(state.all_netns())
+    shutil.rmtree(state.dir, ignore_errors=True)
+
+
+def parallel(work: Callable[[T], Any], items: Iterable[T]) -> list[Any]:
+    """``work`` over ``items`` on a few threads (the work is waiting on ``ip``);
+    the first error is raised after all finished."""
+    items = list(items)
+    with ThreadPoolExecutor(max_workers=min(WORKERS, max(1, len(items)))) as pool:
+        futures = [pool.submit(work, item) for item in items]
+    return [f.result() for f in futures]
+
+
+__all__: Sequence[str] = ("Lab", "Progress", "down", "teardown")

@@ -1,0 +1,102 @@
+"""The lab's datastore: started, recorded, seeded.
+
+``sqlite``: one file in the lab's directory; every agent (in its node's
+namespace) and the CLI (in the root namespace) open the same file.
+
+``etcd``: a real three-member cluster (``tabby.testing.etcd.EtcdCluster``) on
+the root namespace's 127.0.0.1. The agents live in their nodes' namespaces,
+where 127.0.0.1 is the node's own loopback, so one relay process
+(``tabby.lab.relay``) listens on each node's 127.0.0.1 at every member's port
+and forwards to the member: the datastore URL is the same everywhere. Only the
+datastore's own connections cross namespaces; pod and fabric traffic never do.
+
+Seeding writes what a cluster's installer would: the IP pools, one ``Node``
+per lab node (fabric addresses in ``spec.bgp``), and the ``default`` namespace.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+from tabby.lab import relay, system
+from tabby.lab.state import Proc, StateFile
+from tabby.lab.topology import NodePlan, PoolPlan, Topology
+from tabby.model import IPPool, Namespace, Node
+from tabby.model.base import TABBY_API
+from tabby.store import open_store
+from tabby.store.client import Client
+
+ETCD_MEMBERS = 3
+# The members outlive ``up`` (``down`` stops them by PID); keeping their clusters
+# referenced keeps the Popen handles from warning about running children.
+_STARTED: list[object] = []
+RELAY_TIMEOUT = 10.0
+
+
+def start(t: Topology, state_file: StateFile) -> str:
+    """Start the lab's datastore, record it (URL, processes) and return its URL."""
+    if t.datastore == "sqlite":
+        url = f"sqlite://{state_file.dir / 'store.db'}"
+        state_file.mutate(lambda s: dataclasses.replace(s, datastore=url))
+        return url
+    return _start_etcd(t, state_file)
+
+
+def _start_etcd(t: Topology, state_file: StateFile) -> str:
+    from tabby.testing.etcd import EtcdCluster
+    cluster = EtcdCluster(ETCD_MEMBERS, base_dir=str(state_file.dir))
+    cluster.start()
+    _STARTED.append(cluster)
+    procs = []
+    for index, pid in sorted(cluster.pids.items()):
+        started = system.start_time(pid)
+        procs.append(Proc(pid, started or 0, f"etcd {cluster.members[index].name}"))
+    state_file.mutate(lambda s: dataclasses.replace(s, datastore=cluster.url,
+                                                    procs=(*s.procs, *procs)))
+    ports = [m.client_port for m in cluster.members]
+    proc = start_relay([n.netns for n in t.nodes], ports, state_file.dir / "relay.log")
+    state_file.mutate(lambda s: dataclasses.replace(s, procs=(*s.procs, proc)))
+    return cluster.url
+
+
+def start_relay(netns: list[str], ports: list[int], log: Path) -> Proc:
+    """Start the relay and wait until it listens in every namespace."""
+    argv = [sys.executable, "-I", "-S", relay.__file__,
+            *(f"--netns={ns}" for ns in netns), *(f"--port={p}" for p in ports)]
+    return system.spawn_ready(argv, "datastore relay", log, RELAY_TIMEOUT)
+
+
+def seed(t: Topology, url: str) -> None:
+    store = open_store(url)
+    try:
+        client = Client(store)
+        for pool in t.pools:
+            client.apply(IPPool.from_manifest(pool_manifest(pool)))
+        for node in t.nodes:
+            client.apply(Node.from_manifest(node_manifest(node)))
+        client.apply(Namespace.from_manifest(
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}}))
+    finally:
+        store.close()
+
+
+def pool_manifest(pool: PoolPlan) -> dict[str, Any]:
+    return {"apiVersion": TABBY_API, "kind": "IPPool", "metadata": {"name": pool.name},
+            "spec": {"cidr": str(pool.cidr), "blockSize": pool.block_size,
+                     "vxlanMode": "Never", "ipipMode": "Never", "natOutgoing": False,
+                     "nodeSelector": "all()"}}
+
+
+def node_manifest(node: NodePlan) -> dict[str, Any]:
+    bgp = {}
+    if node.ipv4:
+        bgp["ipv4Address"] = str(node.ipv4)
+    if node.ipv6:
+        bgp["ipv6Address"] = str(node.ipv6)
+    return {"apiVersion": TABBY_API, "kind": "Node",
+            "metadata": {"name": node.name, "labels": {"kubernetes.io/hostname": node.name}},
+            "spec": {"bgp": bgp, "addresses": [{"address": str(a.ip), "type": "InternalIP"}
+                                               for a in node.addresses()]}}

@@ -1,0 +1,296 @@
+"""Pods in a lab, wired the way a kubelet and its runtime wire them.
+
+    pods = LabPods("tabby", client)              # the lab must be up
+    pods.apply_namespace(ns)                     # "created" | "configured" | "unchanged"
+    pods.apply_pod(pod)                          # idem; new pods are wired, old ones relabelled
+    pods.apply_pods([pod, ...], progress)        # the same, several at a time
+    pods.delete_pod("default", "web")            # CNI DEL, listener stopped, netns deleted
+    pods.delete_namespace("team-a")              # its pods first, then the object
+
+A new pod: placed (``spec.nodeName``, else the node with the fewest pods),
+recorded in the lab's state, written to the store (the agent reads its labels
+and ports from there), given a namespace ``<lab>_<ns>_<pod>`` with lo up, then
+the node's conflist is executed (CNI ADD) with the CNI_ARGS a kubelet sends;
+one listener process answers on every declared port; last the Pod's status
+(podIP(s), hostIP, phase Running) is written. A failure undoes the steps taken.
+Applying a pod that exists updates the object in place (labels, annotations):
+no re-wiring; its containers and node cannot change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import ipaddress
+import secrets
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from tabby.errors import LabError, NotFound, TabbyError
+from tabby.lab import listener, system
+from tabby.lab.cni import CNIRuntime, Sandbox
+from tabby.lab.state import LabState, PodRecord, Proc, StateFile, lab_dir, require
+from tabby.model import Namespace, Pod
+from tabby.model.k8s import PodStatus
+from tabby.store import open_store
+from tabby.store.client import Client
+
+Progress = Callable[[str, int, int], None]
+IFNAME = "eth0"
+LISTENER_TIMEOUT = 10.0
+WORKERS = 4
+MAX_NETNS_NAME = 200
+
+
+def pod_netns(lab: str, namespace: str, name: str) -> str:
+    """``<lab>_<ns>_<pod>``: '_' is in no lab, namespace or pod name, so names never collide."""
+    full = f"{lab}_{namespace}_{name}"
+    if len(full) <= MAX_NETNS_NAME:
+        return full
+    return f"{lab}_{namespace}_{hashlib.sha256(name.encode()).hexdigest()[:20]}"
+
+
+class LabPods:
+    def __init__(self, name: str, client: Client) -> None:
+        require(name)
+        self.name = name
+        self.state_file = StateFile(lab_dir(name))
+        self.client = client
+
+    @classmethod
+    def open(cls, name: str, client: Client | None = None) -> LabPods:
+        """The pod driver of lab ``name``; with no client, one on the lab's datastore."""
+        return cls(name, client or Client(open_store(require(name).datastore)))
+
+    def close(self) -> None:
+        self.client.store.close()
+
+    def __enter__(self) -> LabPods:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- namespaces -------------------------------------------------------------
+
+    def apply_namespace(self, ns: Namespace) -> str:
+        return self.client.apply(ns)[1]
+
+    def delete_namespace(self, name: str) -> None:
+        """Delete the namespace's pods (wired ones through CNI DEL), then the object."""
+        for pod in self.client.list(Pod, name):
+            self.delete_pod(name, pod.meta.name)
+        for record in self.state_file.read().pods:
+            if record.namespace == name:
+                self.delete_pod(name, record.name)
+        self.client.delete(Namespace, name)
+
+    # -- pods -------------------------------------------------------------------
+
+    def apply_pod(self, pod: Pod) -> str:
+        if pod.host_network:
+            raise LabError(f"{pod.ref}: hostNetwork pods are not yet supported by the lab")
+        record = self._reserve(pod)
+        if record is None:
+            return self._reconfigure(pod)
+        try:
+            self._wire(pod, record)
+        except BaseException as exc:
+            try:
+                self._unwire(self.state_file.read().pod(pod.meta.namespace, pod.meta.name))
+            except TabbyError as undo:
+                exc.add_note(f"undoing the half-wired pod failed too: {undo}")
+            raise
+        return "created"
+
+    def apply_pods(self, pods: Sequence[Pod],
+                   progress: Progress | None = None) -> list[str | TabbyError]:
+        """``apply_pod`` for each, a few at a time. Every pod is tried; per pod, in
+        order, its result or the TabbyError it raised."""
+        done = 0
+        lock = threading.Lock()
+
+        def one(pod: Pod) -> str | TabbyError:
+            nonlocal done
+            try:
+                result: str | TabbyError = self.apply_pod(pod)
+            except TabbyError as exc:
+                result = exc
+            with lock:
+                done += 1
+                if progress:
+                    progress("pods", done, len(pods))
+            return result
+
+        with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+            return list(pool.map(one, pods))
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        """CNI DEL through the chain, stop the listener, delete the namespace and the Pod.
+        NotFound if the lab has no such pod."""
+        record = self.state_file.read().pod(namespace, name)
+        if record is None:
+            self.client.delete(Pod, name, namespace)  # NotFound if absent
+            return
+        self._unwire(record)
+
+    # -- steps ------------------------------------------------------------------
+
+    def _reserve(self, pod: Pod) -> PodRecord | None:
+        """Place a new pod and record it; None if the lab already has it."""
+        ns, name = pod.meta.namespace, pod.meta.name
+        if self.client.try_get(Namespace, ns) is None:
+            raise NotFound(f"{pod.ref}: namespace {ns!r} not found; apply the Namespace first")
+        new: list[PodRecord] = []
+
+        def reserve(state: LabState) -> LabState:
+            if state.pod(ns, name) is not None:
+                return state
+            node = place(state, pod.node_name)
+            record = PodRecord(namespace=ns, name=name, uid="", node=node,
+                               netns=pod_netns(self.name, ns, name),
+                               container_id=secrets.token_hex(32), ifname=IFNAME,
+                               ports=tuple((p.container_port, p.protocol) for p in pod.ports()))
+            new.append(record)
+            return state.with_pod(record)
+
+        self.state_file.mutate(reserve)
+        return new[0] if new else None
+
+    def _wire(self, pod: Pod, record: PodRecord) -> None:
+        spec = {**pod.raw_spec, "nodeName": record.node}
+        stored, _ = self.client.apply(dataclasses.replace(
+            pod, node_name=record.node, raw_spec=spec, status=PodStatus(phase="Pending")))
+        record = dataclasses.replace(record, uid=stored.meta.uid)
+        system.add_netns([record.netns])
+        system.ip_batch(["link set lo up"], record.netns)
+        result = self._runtime(record).add(sandbox(record, pod))
+        ips = tuple(ipaddress.ip_interface(ip["address"]).ip for ip in result.get("ips", []))
+        record = dataclasses.replace(record, ips=ips)
+        self._record(record)
+        if record.ports:
+            record = dataclasses.replace(record, listener=self._listen(record))
+            self._record(record)
+        host = self.state_file.read().topology.node(record.node).addresses()[0].ip
+        status = PodStatus(phase="Running", pod_ips=ips, host_ip=str(host))
+        self.client.mutate(Pod, record.name, record.namespace,
+                           lambda p: dataclasses.replace(p, status=status))
+
+    def _reconfigure(self, pod: Pod) -> str:
+        record = self.state_file.read().pod(pod.meta.namespace, pod.meta.name)
+        assert record is not None
+        stored = self.client.get(Pod, pod.meta.name, pod.meta.namespace)
+        if pod.node_name not in ("", record.node):
+            raise LabError(f"{pod.ref}: spec.nodeName cannot change (it runs on {record.node});"
+                           " delete the pod and apply it again")
+        if pod.ports() != stored.ports():  # the listener and the endpoint were made for these
+            raise LabError(f"{pod.ref}: the containers' ports cannot change on a running pod;"
+                           " delete the pod and apply it again")
+        spec = {**pod.raw_spec, "nodeName": record.node}
+        return self.client.apply(dataclasses.replace(
+            pod, node_name=record.node, raw_spec=spec, status=stored.status))[1]
+
+    def _listen(self, record: PodRecord) -> Proc:
+        ports = sorted({port for port, _ in record.ports})
+        argv = system.in_netns(record.netns, [
+            sys.executable, "-I", "-S", listener.__file__, "--name", record.name,
+            *(f"--port={p}" for p in ports)])
+        log = self.state_file.dir / "pods" / f"{record.namespace}_{record.name}.log"
+        log.parent.mkdir(exist_ok=True)
+        return system.spawn_ready(argv, f"listener {record.ref}", log, LISTENER_TIMEOUT)
+
+    def _unwire(self, record: PodRecord | None) -> None:
+        """Undo whatever of the pod exists, newest first; the record goes last."""
+        if record is None:
+            return
+        present = record.netns in system.netns_list()
+        self._runtime(record).delete(sandbox(record, netns=present))
+        if record.listener:
+            system.stop([record.listener])
+        system.delete_netns([record.netns])
+        with contextlib.suppress(NotFound):
+            self.client.delete(Pod, record.name, record.namespace)
+        self.state_file.mutate(lambda s: s.without_pod(record.namespace, record.name))
+
+    def _record(self, record: PodRecord) -> None:
+        self.state_file.mutate(lambda s: s.with_pod(record))
+
+    def _runtime(self, record: PodRecord) -> CNIRuntime:
+        return CNIRuntime(self.state_file.read().node(record.node))
+
+
+# -- the surface ``tabby apply`` / ``tabby delete`` call when a lab is up ------------
+
+def apply_namespace(lab: LabState, client: Client, ns: Namespace) -> str:
+    return LabPods(lab.name, client).apply_namespace(ns)
+
+
+def apply_pod(lab: LabState, client: Client, pod: Pod) -> str:
+    return LabPods(lab.name, client).apply_pod(pod)
+
+
+def apply_pods(lab: LabState, client: Client, pods: Sequence[Pod],
+               progress: Progress | None = None) -> list[str | TabbyError]:
+    return LabPods(lab.name, client).apply_pods(pods, progress)
+
+
+def delete_pod(lab: LabState, client: Client, namespace: str, name: str) -> None:
+    LabPods(lab.name, client).delete_pod(namespace, name)
+
+
+def delete_namespace(lab: LabState, client: Client, name: str) -> None:
+    LabPods(lab.name, client).delete_namespace(name)
+
+
+def place(state: LabState, wanted: str) -> str:
+    """The node named by ``spec.nodeName``, else the one with fewest pods (first on ties)."""
+    names = [n.name for n in state.nodes]
+    if wanted:
+        if wanted not in names:
+            raise LabError(f"spec.nodeName {wanted!r} is not a node of lab {state.name}"
+                           f" (nodes: {', '.join(names)})")
+        return wanted
+    load = {name: 0 for name in names}
+    for pod in state.pods:
+        load[pod.node] = load.get(pod.node, 0) + 1
+    return min(names, key=lambda name: load[name])
+
+
+def sandbox(record: PodRecord, pod: Pod | None = None, *, netns: bool = True) -> Sandbox:
+    """What the runtime passes for ``record``: CNI_NETNS empty once the netns is gone
+    (as a kubelet's second DEL), portMappings from ``pod``'s hostPorts."""
+    args = {"IgnoreUnknown": "1", "K8S_POD_NAMESPACE": record.namespace,
+            "K8S_POD_NAME": record.name, "K8S_POD_INFRA_CONTAINER_ID": record.container_id,
+            "K8S_POD_UID": record.uid}
+    caps: dict[str, object] = {}
+    if pod is not None:
+        mappings = [{"hostPort": p.host_port, "containerPort": p.container_port,
+                     "protocol": p.protocol.lower()} for p in pod.ports() if p.host_port]
+        if mappings:
+            caps["portMappings"] = mappings
+    path = str(system.NETNS_DIR / record.netns) if netns else ""
+    return Sandbox(container_id=record.container_id, netns=path,
+                   ifname=record.ifname, args=args, capabilities=caps)
+
+
+def resolve(state: LabState, ref: str) -> PodRecord:
+    """The pod ``NS/POD`` (or ``POD`` in ``default``) of the lab; LabError if absent."""
+    namespace, _, name = ref.rpartition("/")
+    record = state.pod(namespace or "default", name)
+    if record is None:
+        raise LabError(f"lab {state.name} has no pod {namespace or 'default'}/{name}")
+    return record
+
+
+def exec_in_pod(state: LabState, ref: str, argv: Sequence[str]) -> int:
+    """Run ``argv`` in the pod's namespace with this process's stdio; its exit code
+    (128+N when killed by signal N)."""
+    if not argv:
+        raise LabError("lab exec: name a command to run (tabby lab exec NS/POD -- CMD...)")
+    record = resolve(state, ref)
+    code = subprocess.run(system.in_netns(record.netns, argv), check=False).returncode
+    return 128 - code if code < 0 else code
