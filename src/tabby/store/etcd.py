@@ -263,7 +263,7 @@ class _EtcdWatch(Watch):
     # -- the reader thread ---------------------------------------------------------
 
     def _run(self) -> None:
-        session = requests.Session()
+        session = _session()
         try:
             self._loop(session)
         except StoreError as e:
@@ -358,10 +358,18 @@ def _client(endpoint: str, timeout: float) -> Etcd3Client:
     host, sep, port = endpoint.rpartition(":")
     if not sep or not port.isdigit() or not host:
         raise ConfigError(f"etcd endpoint {endpoint!r}: expected HOST:PORT")
-    session = requests.Session()
+    session = _session()
     session.mount("http://", HTTPAdapter(pool_connections=1, pool_maxsize=32))
     return Etcd3Client(host=host.strip("[]"), port=int(port), timeout=timeout,
                        api_path=API_PATH, session=session)
+
+
+def _session() -> requests.Session:
+    session = requests.Session()
+    # etcd is reached directly; without this, requests re-reads proxy settings
+    # from the environment on every call (about 13% of the client's CPU).
+    session.trust_env = False
+    return session
 
 
 def _b64(data: str | bytes) -> str:
