@@ -6,6 +6,7 @@ import pytest
 
 from tabby.agent.cache import StoreCache
 from tabby.errors import Compacted
+from tabby.ipam import IPAM
 from tabby.model import IPAMBlock, IPPool, Node, Pod, WorkloadEndpoint
 from tabby.store.client import Client, key_of
 from tabby.store.memory import MemoryStore
@@ -42,7 +43,7 @@ def follow(cache: StoreCache, client: Client, start: int) -> set[str]:
         return cache.apply(w.next(timeout=0.1))
 
 
-def test_load_lists_kinds_and_keeps_only_local_endpoints(client: Client) -> None:
+def test_load_lists_kinds_and_every_nodes_endpoints(client: Client) -> None:
     client.create(node("node-1", "198.18.0.11/24"))
     client.create(wep("node-1", "a"))
     client.create(wep("node-2", "b"))
@@ -52,7 +53,10 @@ def test_load_lists_kinds_and_keeps_only_local_endpoints(client: Client) -> None
     assert start == client.store.revision()
     snap = cache.snapshot()
     assert [n.meta.name for n in snap.nodes] == ["node-1"]
-    assert [e.spec.pod for e in snap.endpoints] == ["a"]
+    # Policy needs other nodes' endpoints; routes read only the local ones.
+    assert [e.spec.pod for e in snap.endpoints] == ["a", "b"]
+    assert [e.spec.pod for e in snap.local_endpoints("node-1")] == ["a"]
+    assert [e.spec.pod for e in cache.endpoints()] == ["a"]
     assert [p.meta.name for p in snap.pods] == ["a"]
 
 
@@ -69,13 +73,18 @@ def test_events_update_the_snapshot(client: Client) -> None:
     assert cache.snapshot().endpoints == ()
 
 
-def test_unrelated_kinds_are_ignored(client: Client) -> None:
+def test_other_kinds_land_in_the_snapshot_and_ipam_bookkeeping_does_not(
+        client: Client) -> None:
     cache = StoreCache(client.store, "node-1")
     start = cache.load()
     client.create(IPPool.from_manifest({"apiVersion": "tabby.dev/v1", "kind": "IPPool",
                                         "metadata": {"name": "p"},
                                         "spec": {"cidr": "198.19.0.0/16"}}))
-    assert follow(cache, client, start + 1) == set()
+    IPAM(client).assign("net.c.eth0", "node-1", num_v4=1, num_v6=0)
+    changed = follow(cache, client, start + 1)
+    assert "ippools.tabby.dev" in changed and "ipamblocks.tabby.dev" in changed
+    assert not changed & {"ipamhandles.tabby.dev", "blockaffinities.tabby.dev"}
+    assert [p.meta.name for p in cache.snapshot().of(IPPool)] == ["p"]
     assert cache.revision == client.store.revision()
 
 
@@ -104,7 +113,7 @@ def test_own_delete_is_not_undone_by_an_older_put(client: Client) -> None:
     assert cache.snapshot().endpoints == ()
 
 
-def test_endpoint_moving_to_another_node_leaves_the_cache(client: Client) -> None:
+def test_endpoint_moving_to_another_node_is_no_longer_local(client: Client) -> None:
     cache = StoreCache(client.store, "node-1")
     created = client.create(wep("node-1", "a"))
     start = cache.load()
@@ -113,7 +122,9 @@ def test_endpoint_moving_to_another_node_leaves_the_cache(client: Client) -> Non
     doc["spec"]["node"] = "node-2"
     client.update(WorkloadEndpoint.from_manifest(doc))
     assert follow(cache, client, start + 1) == {"workloadendpoints.tabby.dev"}
-    assert cache.snapshot().endpoints == ()
+    assert cache.snapshot().local_endpoints("node-1") == ()
+    assert [e.spec.node for e in cache.snapshot().endpoints] == ["node-2"]
+    assert cache.endpoints() == []
 
 
 def test_compacted_history_is_reported_for_a_relist() -> None:

@@ -1,8 +1,10 @@
 """The agent's view of the store: list once, then follow one watch.
 
-``StoreCache`` holds typed objects of the kinds the calculation reads (nodes,
-IPAM blocks, this node's workload endpoints, pods, namespaces), keyed by store
-key and stamped with the revision of their last write. ``load()`` lists every
+``StoreCache`` holds typed objects of every kind the calculation may read
+(every registered kind but IPAM's bookkeeping: nodes, blocks, all workload
+endpoints — policy needs other nodes' too — pods, namespaces, and whatever
+later kinds register), keyed by store key and stamped with the revision of
+their last write. ``load()`` lists every
 kind and returns the revision to watch from; ``apply(events)`` folds a batch
 of watch events in; ``snapshot()`` is the frozen calc input.
 
@@ -23,14 +25,31 @@ from collections.abc import Iterable
 
 from tabby.calc.snapshot import Snapshot
 from tabby.errors import ValidationError
-from tabby.model import IPAMBlock, Namespace, Node, Pod, Resource, WorkloadEndpoint
+from tabby.model import (
+    BlockAffinity,
+    IPAMBlock,
+    IPAMConfiguration,
+    IPAMHandle,
+    Namespace,
+    Node,
+    Pod,
+    Resource,
+    WorkloadEndpoint,
+    all_kinds,
+)
 from tabby.store.base import Event, Item, Key, Store
 from tabby.store.client import from_item, key_of
 
 log = logging.getLogger(__name__)
+_CORE = (Node, IPAMBlock, WorkloadEndpoint, Pod, Namespace)
 
-KINDS: dict[str, type[Resource]] = {
-    cls.KIND.resource: cls for cls in (Node, IPAMBlock, WorkloadEndpoint, Pod, Namespace)}
+# IPAM's bookkeeping is read through the IPAM engine, never by the calculation.
+SKIPPED = frozenset(cls.KIND.resource for cls in (BlockAffinity, IPAMHandle, IPAMConfiguration))
+
+
+def kinds() -> dict[str, type[Resource]]:
+    """The kinds the cache follows: every registered kind the calculation reads."""
+    return {cls.KIND.resource: cls for cls in all_kinds() if cls.KIND.resource not in SKIPPED}
 
 
 class StoreCache:
@@ -41,17 +60,19 @@ class StoreCache:
         self._objects: dict[Key, tuple[int, Resource]] = {}
         self._tombstones: dict[Key, int] = {}
         self.revision = 0  # everything up to here is folded in
+        self._kinds = kinds()
 
     def load(self) -> int:
         """List every kind afresh; returns the revision to watch from (exclusive)."""
         objects: dict[Key, tuple[int, Resource]] = {}
         revisions = []
-        for resource, cls in KINDS.items():
+        self._kinds = kinds()
+        for resource, cls in self._kinds.items():
             listing = self._store.list(resource)
             revisions.append(listing.revision)
             for item in listing:
                 obj = self._parse(cls, item)
-                if obj is not None and self._wanted(obj):
+                if obj is not None:
                     objects[item.key] = (item.revision, obj)
         with self._lock:
             self._objects = objects
@@ -67,7 +88,7 @@ class StoreCache:
         with self._lock:
             for event in events:
                 self.revision = max(self.revision, event.revision)
-                cls = KINDS.get(event.key.resource)
+                cls = self._kinds.get(event.key.resource)
                 if cls is None:
                     continue
                 if event.type == "DELETE":
@@ -77,7 +98,7 @@ class StoreCache:
                 assert event.value is not None
                 item = Item(event.key, event.value, event.revision, event.revision)
                 obj = self._parse(cls, item)
-                if obj is None or not self._wanted(obj):
+                if obj is None:
                     if self._remove(event.key, event.revision):
                         changed.add(event.key.resource)
                     continue
@@ -104,11 +125,14 @@ class StoreCache:
             blocks=[o for o in objects if isinstance(o, IPAMBlock)],
             endpoints=[o for o in objects if isinstance(o, WorkloadEndpoint)],
             pods=[o for o in objects if isinstance(o, Pod)],
-            namespaces=[o for o in objects if isinstance(o, Namespace)])
+            namespaces=[o for o in objects if isinstance(o, Namespace)],
+            others=[o for o in objects if not isinstance(o, _CORE)])
 
     def endpoints(self) -> list[WorkloadEndpoint]:
+        """This node's workload endpoints."""
         with self._lock:
-            return [o for _, o in self._objects.values() if isinstance(o, WorkloadEndpoint)]
+            return [o for _, o in self._objects.values()
+                    if isinstance(o, WorkloadEndpoint) and o.spec.node == self.node]
 
     # -- guarded changes (caller holds the lock) -------------------------------
     def _put(self, key: Key, revision: int, obj: Resource) -> bool:
@@ -127,10 +151,6 @@ class StoreCache:
             return False  # we hold something newer than this deletion
         self._tombstones[key] = max(self._tombstones.get(key, 0), revision)
         return self._objects.pop(key, None) is not None
-
-    def _wanted(self, obj: Resource) -> bool:
-        # Only this node's endpoints matter to the calculation.
-        return not isinstance(obj, WorkloadEndpoint) or obj.spec.node == self.node
 
     @staticmethod
     def _parse(cls: type[Resource], item: Item) -> Resource | None:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from tabby.agent.cache import StoreCache
 from tabby.agent.cniserver import CNIServer
+from tabby.agent.controllers import build_controllers
 from tabby.agent.handler import AgentPodHandler
 from tabby.agent.http import HealthServer
 from tabby.agent.metrics import AgentMetrics
@@ -77,6 +78,7 @@ class Agent:
         self.handler = AgentPodHandler(
             node=config.node, client=self.client, cache=self.cache,
             wirer=PodWirer(self.counts), lock=self.lock, ready=self.is_ready, mtu=config.mtu)
+        self.controllers = build_controllers(config, self.counts, self.metrics)
         self._ready = threading.Event()
         self._stop = threading.Event()
         self.passes = 0
@@ -107,6 +109,8 @@ class Agent:
         finally:
             cni.close()
             http.close()
+            for controller in self.controllers:
+                controller.close()
             log.info("agent for node %s stopped; the dataplane is left as it is", self.node)
 
     def _health(self) -> tuple[bool, str]:
@@ -188,6 +192,8 @@ class Agent:
             snapshot = self.cache.snapshot()
             desired = desired_routes(snapshot, self.node)
             result = self.routes.apply(desired, full=full)
+            controlled = [f"{c.name}: {problem}" for c in self.controllers
+                          for problem in c.sync(snapshot, full=full)]
         if full:
             self._last_full = started
             sysctls = self.sysctls.apply(desired_node_sysctls())
@@ -195,7 +201,7 @@ class Agent:
             sysctls = SysctlSync()
         refreshed = self._refresh_endpoints(snapshot)
         self.passes += 1
-        problems = result.errors + sysctls.errors
+        problems = result.errors + sysctls.errors + controlled
         if problems:
             self._last_full = 0.0  # retry with a full pass
         for problem in problems:

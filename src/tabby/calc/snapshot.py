@@ -1,7 +1,8 @@
 """The calculation input: a frozen view of what the store says, for one moment.
 
 A ``Snapshot`` is built from plain store lists (nodes, IPAM blocks, workload
-endpoints, pods, namespaces) and never changes; every ``desired_*`` function
+endpoints of every node, pods, namespaces, and every other kind under
+``others``, read with ``of(Kind)``) and never changes; every ``desired_*`` function
 in ``tabby.calc`` takes one and does no I/O. Lookups that several functions
 need (a node's address by family, an endpoint's pod) are small methods here.
 """
@@ -11,10 +12,12 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
-from tabby.model import IPAMBlock, Namespace, Node, Pod, WorkloadEndpoint
+from tabby.model import IPAMBlock, Namespace, Node, Pod, Resource, WorkloadEndpoint
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+R = TypeVar("R", bound=Resource)
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,11 +27,13 @@ class Snapshot:
     endpoints: tuple[WorkloadEndpoint, ...] = ()
     pods: tuple[Pod, ...] = ()
     namespaces: tuple[Namespace, ...] = ()
+    others: tuple[Resource, ...] = ()  # every other kind (policies, BGP config, services...)
 
     @classmethod
     def build(cls, *, nodes: Iterable[Node] = (), blocks: Iterable[IPAMBlock] = (),
               endpoints: Iterable[WorkloadEndpoint] = (), pods: Iterable[Pod] = (),
-              namespaces: Iterable[Namespace] = ()) -> Snapshot:
+              namespaces: Iterable[Namespace] = (), others: Iterable[Resource] = ()
+              ) -> Snapshot:
         """Sort everything by name so equal inputs give equal snapshots."""
         return cls(
             nodes=tuple(sorted(nodes, key=lambda n: n.meta.name)),
@@ -36,7 +41,17 @@ class Snapshot:
             endpoints=tuple(sorted(endpoints, key=lambda e: (e.meta.namespace, e.meta.name))),
             pods=tuple(sorted(pods, key=lambda p: (p.meta.namespace, p.meta.name))),
             namespaces=tuple(sorted(namespaces, key=lambda n: n.meta.name)),
+            others=tuple(sorted(others, key=lambda o: (o.KIND.resource, o.meta.namespace,
+                                                       o.meta.name))),
         )
+
+    def of(self, kind: type[R]) -> tuple[R, ...]:
+        """Every object of ``kind`` (sorted by namespace and name)."""
+        core = {Node: self.nodes, IPAMBlock: self.blocks, WorkloadEndpoint: self.endpoints,
+                Pod: self.pods, Namespace: self.namespaces}.get(kind)
+        if core is not None:
+            return core  # type: ignore[return-value]
+        return tuple(o for o in self.others if isinstance(o, kind))
 
     def node(self, name: str) -> Node | None:
         for node in self.nodes:
