@@ -1,0 +1,1 @@
+"""tabby's benchmarks: each compares tabby with a peer measured in the same run."""
