@@ -39,5 +39,6 @@ class Controller(Protocol):
 def build_controllers(config: AgentConfig, counts: CallCounts,
                       metrics: AgentMetrics) -> list[Controller]:
     """Every controller this agent runs, in the order their syncs run."""
-    controllers: list[Controller] = []
+    from tabby.agent.nftables import NftController
+    controllers: list[Controller] = [NftController(config.node)]
     return controllers

@@ -1,0 +1,1 @@
+"""Imports every module that registers an nftables contributor (one line each)."""

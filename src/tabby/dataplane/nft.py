@@ -1,0 +1,86 @@
+"""Applying tabby's nftables Ruleset to the kernel, by difference, atomically.
+
+``NftReconciler.apply(desired, full)`` sends one ``nft -f -`` transaction:
+the whole table on the first pass, when asked for a full pass, and after any
+failure (so leftovers and drift vanish); otherwise only the difference from
+what it last applied (an endpoint joining a selector is one set element). A
+transaction either applies whole or not at all, so after a failure the kernel
+still holds the previous state and the next pass replaces the table.
+
+The ``NftRunner`` seam runs a script; ``NftCommand`` is the real one (the
+``nft`` binary in the caller's network namespace).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from tabby.errors import DataplaneError
+from tabby.nft.model import Ruleset
+from tabby.nft.render import TypeChanged, render_delta, render_full
+
+
+class NftRunner(Protocol):
+    def run(self, script: str) -> None:
+        """Apply ``script`` as one transaction; DataplaneError if nft refuses it."""
+        ...
+
+
+class NftCommand:
+    def __init__(self, binary: str = "nft", prefix: tuple[str, ...] = ()) -> None:
+        self.argv = [*prefix, binary, "-f", "-"]
+        self.calls = 0
+
+    def run(self, script: str) -> None:
+        self.calls += 1
+        try:
+            done = subprocess.run(self.argv, input=script.encode(), capture_output=True,
+                                  timeout=60, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise DataplaneError(f"nft: {exc}") from exc
+        if done.returncode != 0:
+            raise DataplaneError(f"nft refused the transaction: {_first_error(done.stderr)}")
+
+
+def _first_error(stderr: bytes) -> str:
+    lines = [ln for ln in stderr.decode(errors="replace").splitlines() if ln.strip()]
+    return " | ".join(lines[:3]) or "no message"
+
+
+@dataclass(frozen=True, slots=True)
+class NftResult:
+    mode: str  # "full", "delta" or "none"
+    script_lines: int
+    seconds: float
+    errors: tuple[str, ...] = ()
+
+
+class NftReconciler:
+    def __init__(self, runner: NftRunner | None = None) -> None:
+        self.runner = runner or NftCommand()
+        self.applied: Ruleset | None = None
+
+    def apply(self, desired: Ruleset, *, full: bool = False) -> NftResult:
+        started = time.monotonic()
+        mode = "full" if full or self.applied is None else "delta"
+        script = ""
+        if mode == "delta":
+            assert self.applied is not None
+            try:
+                script = render_delta(self.applied, desired)
+            except TypeChanged:
+                mode = "full"
+        if mode == "full":
+            script = render_full(desired)
+        if not script:
+            return NftResult("none", 0, time.monotonic() - started)
+        try:
+            self.runner.run(script)
+        except DataplaneError as exc:
+            self.applied = None  # the next pass replaces the whole table
+            return NftResult(mode, script.count("\n"), time.monotonic() - started, (str(exc),))
+        self.applied = desired
+        return NftResult(mode, script.count("\n"), time.monotonic() - started)

@@ -1,0 +1,1 @@
+"""tabby's nftables table: typed values (model), text (render)."""
