@@ -103,13 +103,35 @@ def test_bad_lab_names(name: str) -> None:
         plan(name)
 
 
-@pytest.mark.parametrize(("kwargs", "what"), [
-    ({"encap": "vxlan"}, "--encap vxlan"), ({"bgp": "mesh"}, "--bgp mesh"),
-    ({"bgp": "tor"}, "--bgp tor"), ({"racks": 2, "nodes": 4}, "--racks 2"),
-])
-def test_not_yet_supported_is_refused_clearly(kwargs: dict[str, object], what: str) -> None:
-    with pytest.raises(LabError, match=f"{what} is not yet supported"):
-        plan("x", **kwargs)  # type: ignore[arg-type]
+def test_racks_without_bgp_or_vxlan_are_refused_clearly() -> None:
+    with pytest.raises(LabError, match="--racks 2: routes between racks need BGP"):
+        plan("x", nodes=4, racks=2)
+    assert len(plan("x", nodes=4, racks=2, bgp="tor").racks) == 2
+    assert len(plan("x", nodes=4, racks=2, encap="vxlan").racks) == 2
+
+
+@pytest.mark.parametrize("bgp", ["mesh", "rr", "tor"])
+def test_bgp_labs_have_an_outside_client_in_its_own_subnet(bgp: str) -> None:
+    t = plan("x", nodes=4, racks=2, stack="dual", bgp=bgp)
+    assert t.ext is not None and t.ext.netns == "x-ext" and t.netns()[-1] == "x-ext"
+    assert [str(a) for a in t.ext.addresses] == ["198.18.100.10/24", "fd7a:bb1e:0:64::10/64"]
+    assert [str(g) for g in t.ext.gateways] == ["198.18.100.1/24", "fd7a:bb1e:0:64::1/64"]
+    racks = [net for r in t.racks for net in (r.subnet_v4, r.subnet_v6) if net is not None]
+    assert not any(a.network.overlaps(net) for a in t.ext.addresses for net in racks
+                   if a.version == net.version)
+    assert [str(n.ipv4) for n in t.nodes] == ["198.18.0.11/24", "198.18.0.12/24",
+                                              "198.18.1.13/24", "198.18.1.14/24"]
+    assert plan("x", nodes=2).ext is None
+    with pytest.raises(ConfigError, match=r"1\.\.100 racks"):
+        plan("x", nodes=120, racks=101, bgp="tor")
+
+
+@pytest.mark.parametrize(("encap", "mode"), [
+    ("none", "Never"), ("vxlan", "Always"), ("vxlan-crosssubnet", "CrossSubnet")])
+def test_encap_sets_the_pools_vxlan_mode_and_nat_outgoing(encap: str, mode: str) -> None:
+    for pool in plan("x", stack="dual", encap=encap).pools:
+        spec = IPPool.from_manifest(pool_manifest(pool)).spec
+        assert (spec.vxlan_mode, spec.nat_outgoing) == (mode, True)
 
 
 def test_racks_are_laid_out_for_later() -> None:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from tabby.agent.cache import StoreCache
 from tabby.agent.cniserver import CNIServer
-from tabby.agent.controllers import build_controllers
+from tabby.agent.controllers import HasHealth, build_controllers
 from tabby.agent.handler import AgentPodHandler
 from tabby.agent.http import HealthServer
 from tabby.agent.metrics import AgentMetrics
@@ -61,6 +61,8 @@ class AgentConfig:
     quiet: float = 0.05  # a burst of events ends after this long without one
     max_burst: float = 0.5  # ... or after this long in any case
     max_backoff: float = 10.0
+    bgp: str = "none"  # "bird": BIRD spreads the routes (remote routes are its, not ours)
+    bgp_dir: str = "/run/tabby/bird"  # BIRD's config, control socket, pid file and log
 
 
 class Agent:
@@ -78,10 +80,11 @@ class Agent:
         self.handler = AgentPodHandler(
             node=config.node, client=self.client, cache=self.cache,
             wirer=PodWirer(self.counts), lock=self.lock, ready=self.is_ready, mtu=config.mtu)
-        self.controllers = build_controllers(config, self.counts, self.metrics)
+        self.controllers = build_controllers(config, self.counts, self.metrics, self.client)
         self._ready = threading.Event()
         self._stop = threading.Event()
         self.passes = 0
+        self._refreshed = False  # the last pass rewrote endpoints its calculation had not seen
         self._last_full = 0.0  # monotonic time of the last full (kernel read-back) pass
 
     # -- lifecycle -------------------------------------------------------------
@@ -115,7 +118,9 @@ class Agent:
 
     def _health(self) -> tuple[bool, str]:
         if self._ready.is_set():
-            return True, "ok"
+            notes = [n for c in self.controllers if isinstance(c, HasHealth)
+                     for n in c.health_notes()]
+            return True, "\n".join(["ok", *notes])
         return False, "waiting for the first full sync with the datastore"
 
     # -- the loop ----------------------------------------------------------------
@@ -134,6 +139,8 @@ class Agent:
                         backoff = 0.0 if ok else min(max(backoff * 2, 0.5),
                                                      self.config.max_backoff)
                         next_pass = time.monotonic() + (backoff or self._resync_interval())
+                        if self._refreshed:  # our own endpoint writes come back as no event
+                            next_pass = time.monotonic()
                     wait = max(0.0, min(0.5, next_pass - time.monotonic()))
                     if self._follow(watch, wait):
                         next_pass = min(next_pass, time.monotonic())
@@ -190,16 +197,17 @@ class Agent:
         full = not self._last_full or started - self._last_full >= self._resync_interval()
         with self.lock:
             snapshot = self.cache.snapshot()
-            desired = desired_routes(snapshot, self.node)
-            result = self.routes.apply(desired, full=full)
             controlled = [f"{c.name}: {problem}" for c in self.controllers
                           for problem in c.sync(snapshot, full=full)]
+            desired = desired_routes(snapshot, self.node, bgp=self.config.bgp == "bird")
+            result = self.routes.apply(desired, full=full)
         if full:
             self._last_full = started
             sysctls = self.sysctls.apply(desired_node_sysctls())
         else:
             sysctls = SysctlSync()
         refreshed = self._refresh_endpoints(snapshot)
+        self._refreshed = refreshed > 0
         self.passes += 1
         problems = result.errors + sysctls.errors + controlled
         if problems:

@@ -29,6 +29,8 @@ from typing import Any
 
 from tabby.agent.cache import StoreCache
 from tabby.calc.endpoints import Attachment, new_endpoint
+from tabby.calc.ipip import ipip_pools_of, refusal
+from tabby.calc.vxlan import pod_mtu
 from tabby.cni import wire
 from tabby.cni.protocol import CNIError, CNIRequest
 from tabby.cni.results import Interface, IPConfig, PodResult
@@ -42,9 +44,10 @@ from tabby.dataplane.pods import (
     gateway_for,
     host_veth_name,
 )
-from tabby.errors import Conflict, NotFound, NoUsablePool
+from tabby.dataplane.vxlan import ipip_supported
+from tabby.errors import ConfigError, Conflict, NotFound, NoUsablePool
 from tabby.ipam import IPAM
-from tabby.ipam.pools import why_unusable
+from tabby.ipam.pools import usable_pools, why_unusable
 from tabby.model import IPPool, Namespace, Node, Pod, WorkloadEndpoint, endpoint_name
 from tabby.store.client import Client, key_of
 
@@ -87,16 +90,21 @@ class AgentPodHandler:
             self._networks.add(req.network_name)
         handle = req.handle_id
         fresh = not self.ipam.addresses_of(handle)
-        fam = self._families(req)
+        pools = self.client.list(IPPool)
+        labels = self._labels()
+        fam = request_families(req.config.get("ipam"), pools, labels, self.node)
+        if fresh:  # refuse before taking an address when IPAM would pick an IPIP pool
+            _refuse_ipip(_first_choices(pools, labels, self.node, fam))
         assignment = self.ipam.assign(
             handle, self.node, num_v4=fam.v4, num_v6=fam.v6,
             attrs={"namespace": namespace, "pod": pod_name, "node": self.node},
             pools_v4=fam.pools_v4, pools_v6=fam.pools_v6)
         addresses = assignment.addresses
-        wiring = self._wiring(req, addresses)
+        wiring = self._wiring(req, addresses, pools)
         pod = self.client.try_get(Pod, pod_name, namespace)
         ns = self.client.try_get(Namespace, namespace)
         try:
+            _refuse_ipip(ipip_pools_of(pools, addresses))  # IPAM fell back to one
             with self.lock:
                 wired = self.wirer.wire(wiring)
                 endpoint = new_endpoint(Attachment(
@@ -112,19 +120,21 @@ class AgentPodHandler:
             raise
         return _result(wiring, wired.pod_mac, addresses)
 
-    def _families(self, req: CNIRequest) -> Families:
+    def _labels(self) -> dict[str, str]:
         node = self.client.try_get(Node, self.node)
-        labels = dict(node.meta.labels) if node is not None else {}
-        return request_families(req.config.get("ipam"), self.client.list(IPPool), labels,
-                                self.node)
+        return dict(node.meta.labels) if node is not None else {}
 
-    def _wiring(self, req: CNIRequest, addresses: tuple[IPAddress, ...]) -> PodWiring:
+    def _wiring(self, req: CNIRequest, addresses: tuple[IPAddress, ...],
+                pools: Sequence[IPPool] = ()) -> PodWiring:
+        """The pod's interface; its MTU is the link MTU (the CNI config's, else --mtu)
+        less the overhead of VXLAN when a pool of its addresses encapsulates."""
         mtu = req.config.get("mtu")
+        base = mtu if isinstance(mtu, int) and not isinstance(mtu, bool) and mtu > 0 \
+            else self.mtu
         return PodWiring(
             host_veth=host_veth_name(req.container_id, req.ifname), netns=req.netns,
             ifname=req.ifname, addresses=tuple(ipaddress.ip_interface(a) for a in addresses),
-            mtu=mtu if isinstance(mtu, int) and not isinstance(mtu, bool) and mtu > 0
-            else self.mtu)
+            mtu=pod_mtu(pools, addresses, base))
 
     # -- DEL -----------------------------------------------------------------
     def delete(self, req: CNIRequest) -> None:
@@ -237,6 +247,26 @@ def request_families(ipam: Any, pools: Sequence[IPPool], labels: Mapping[str, st
         raise NoUsablePool(f"no enabled IPPool serves workloads on node {node!r};"
                            " create one (tabby apply -f)")
     return fam
+
+
+def _refuse_ipip(asking: Sequence[IPPool]) -> None:
+    """ConfigError if pools asking for IPIP would serve the pod on a kernel without IPIP."""
+    if asking and not ipip_supported():
+        raise ConfigError("; ".join(refusal(p) for p in asking))
+
+
+def _first_choices(pools: Sequence[IPPool], labels: Mapping[str, str], node: str,
+                   fam: Families) -> list[IPPool]:
+    """The pools IPAM tries first for each family asked, if they ask for IPIP."""
+    out = []
+    for version, count, requested in ((4, fam.v4, fam.pools_v4), (6, fam.v6, fam.pools_v6)):
+        try:
+            first = usable_pools(pools, version, node, labels, requested)[0] if count else None
+        except NoUsablePool:
+            continue  # IPAM says so itself
+        if first is not None and first.spec.ipip_mode != "Never":
+            out.append(first)
+    return out
 
 
 def _result(w: PodWiring, pod_mac: str, addresses: tuple[IPAddress, ...]) -> PodResult:

@@ -1,7 +1,8 @@
 """``/healthz`` and ``/metrics`` over plain HTTP, served from a background thread.
 
 ``/healthz`` answers 200 ``ok`` once the agent is ready (first full sync
-done) and 503 with the reason before; ``/metrics`` is Prometheus' text
+done), followed by a line per problem that leaves some pods out (a pool
+the node cannot serve), and 503 with the reason before; ``/metrics`` is Prometheus' text
 format. Anything else is 404. Request logging goes to the ``logging`` module
 at debug level instead of stderr.
 """
@@ -74,8 +75,7 @@ class HealthServer:
         path = req.path.split("?", 1)[0]
         if path == "/healthz":
             ok, reason = self._health()
-            self._reply(req, 200 if ok else 503, "text/plain; charset=utf-8",
-                        "ok\n" if ok else f"{reason}\n")
+            self._reply(req, 200 if ok else 503, "text/plain; charset=utf-8", f"{reason}\n")
         elif path == "/metrics":
             self._reply(req, 200, PROMETHEUS_TEXT, self._metrics())
         else:

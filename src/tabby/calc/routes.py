@@ -1,6 +1,6 @@
 """Which routes one node should have: a pure function of a Snapshot.
 
-    desired_routes(snapshot, node) -> frozenset[Route]
+    desired_routes(snapshot, node, bgp=False) -> frozenset[Route]
 
 Sources, from the most specific claim to the least:
 
@@ -15,7 +15,11 @@ Sources, from the most specific claim to the least:
    it also drops traffic to free addresses instead of bouncing it upstream).
 
 Sources 2 and 3 are what BGP learns once it runs; they sit together in
-``remote_routes`` so that source can be swapped out whole.
+``remote_routes`` so that source can be swapped out whole (``bgp=True``, the
+agent's ``--bgp bird``: BIRD learns them). Remote destinations inside a pool
+with ``vxlanMode`` Always or CrossSubnet are not theirs:
+``tabby.calc.vxlan.tunnel_routes`` decides those (via the VXLAN device, or
+plainly within a subnet for CrossSubnet), whatever routes the rest.
 
 Each destination appears once: when sources disagree about one prefix, the
 more specific source above wins (a local endpoint beats stale allocation
@@ -38,8 +42,9 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 RouteType = Literal["unicast", "blackhole"]
 
-__all__ = ["Route", "borrowed_routes", "desired_routes", "endpoint_routes",
-           "local_block_routes", "remote_block_routes", "remote_routes", "route_sort_key"]
+__all__ = ["Route", "borrowed_addresses", "borrowed_routes", "desired_routes", "endpoint_routes",
+           "live_blocks", "local_block_routes", "remote_block_routes", "remote_routes",
+           "route_sort_key"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,13 +55,14 @@ class Route:
     type: RouteType = "unicast"
     gateway: IPAddress | None = None
     dev: str | None = None
+    onlink: bool = False  # the gateway is reachable on dev without a covering route (VXLAN)
 
     def __str__(self) -> str:
         if self.type == "blackhole":
             return f"blackhole {self.dst}"
         via = f" via {self.gateway}" if self.gateway is not None else ""
         dev = f" dev {self.dev}" if self.dev else ""
-        return f"{self.dst}{via}{dev}"
+        return f"{self.dst}{via}{dev}{' onlink' if self.onlink else ''}"
 
 
 def route_sort_key(route: Route) -> tuple[int, int, int, str]:
@@ -64,10 +70,17 @@ def route_sort_key(route: Route) -> tuple[int, int, int, str]:
     return (route.dst.version, int(route.dst.network_address), route.dst.prefixlen, str(route))
 
 
-def desired_routes(snapshot: Snapshot, node: str) -> frozenset[Route]:
+def desired_routes(snapshot: Snapshot, node: str, *, bgp: bool = False) -> frozenset[Route]:
+    """With ``bgp``, BIRD learns the remote routes (proto bird) and ``remote_routes`` is
+    left out; local endpoints, local blackholes and tunnel routes stay the agent's."""
+    from tabby.calc.vxlan import tunnel_routes  # builds on this module
+
     by_dst: dict[IPNetwork, Route] = {}
+    tunnels = tunnel_routes(snapshot, node)
+    plain = [] if bgp else [r for r in remote_routes(snapshot, node)
+                            if r.dst not in tunnels.claimed]
     # Least specific source first; later sources overwrite a shared destination.
-    for source in (local_block_routes(snapshot, node), remote_routes(snapshot, node),
+    for source in (local_block_routes(snapshot, node), plain, tunnels.routes,
                    endpoint_routes(snapshot, node)):
         by_dst.update(_first_per_dst(source))
     return frozenset(by_dst.values())
@@ -84,7 +97,7 @@ def endpoint_routes(snapshot: Snapshot, node: str) -> list[Route]:
 
 
 def local_block_routes(snapshot: Snapshot, node: str) -> list[Route]:
-    return [Route(b.spec.cidr, "blackhole") for b in _live_blocks(snapshot)
+    return [Route(b.spec.cidr, "blackhole") for b in live_blocks(snapshot)
             if b.node == node]
 
 
@@ -100,7 +113,7 @@ def remote_block_routes(snapshot: Snapshot, node: str,
                         ) -> list[Route]:
     addresses = _node_addresses(snapshot) if addresses is None else addresses
     routes = []
-    for block in _live_blocks(snapshot):
+    for block in live_blocks(snapshot):
         owner = block.node
         if owner is None or owner == node:
             continue
@@ -115,8 +128,8 @@ def borrowed_routes(snapshot: Snapshot, node: str,
                     ) -> list[Route]:
     addresses = _node_addresses(snapshot) if addresses is None else addresses
     routes = []
-    for block in _live_blocks(snapshot):
-        for address, holder in _borrowed(block):
+    for block in live_blocks(snapshot):
+        for address, holder in borrowed_addresses(block):
             if holder == node:
                 continue  # ours: the endpoint route covers it
             gateway = _gateway(addresses, node, holder, address.version)
@@ -125,7 +138,7 @@ def borrowed_routes(snapshot: Snapshot, node: str,
     return routes
 
 
-def _borrowed(block: IPAMBlock) -> list[tuple[IPAddress, str]]:
+def borrowed_addresses(block: IPAMBlock) -> list[tuple[IPAddress, str]]:
     """(address, holding node) for allocations whose node is not the block's owner."""
     spec = block.spec
     owner = block.node
@@ -137,7 +150,7 @@ def _borrowed(block: IPAMBlock) -> list[tuple[IPAddress, str]]:
             for ordinal, index in enumerate(spec.allocations) if index in foreign]
 
 
-def _live_blocks(snapshot: Snapshot) -> list[IPAMBlock]:
+def live_blocks(snapshot: Snapshot) -> list[IPAMBlock]:
     return [b for b in snapshot.blocks if not b.spec.deleted]
 
 

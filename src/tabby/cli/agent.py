@@ -12,6 +12,7 @@ from tabby.cni.wire import DEFAULT_SOCKET
 from tabby.errors import ConfigError
 
 DEFAULT_METRICS_ADDR = "127.0.0.1:9099"
+DEFAULT_BGP_DIR = "/run/tabby/bird"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -30,6 +31,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="pod interface MTU unless the CNI config sets one (default: 1500)")
     p.add_argument("--resync-interval", type=float, default=30.0, metavar="SECONDS",
                    help="force a full reconcile pass this often (default: 30; 0: never)")
+    p.add_argument("--bgp", choices=("none", "bird"), default="none",
+                   help="how routes to other nodes' pods arrive: none (the agent writes them"
+                        " from the datastore) or bird (BIRD learns them over BGP; the agent"
+                        " runs BIRD); default: none")
+    p.add_argument("--bgp-dir", default=DEFAULT_BGP_DIR, metavar="PATH",
+                   help="BIRD's directory: bird.conf, the control socket bird.ctl, bird.pid,"
+                        f" bird.log (default: {DEFAULT_BGP_DIR})")
     p.add_argument("--log-level", default="info",
                    choices=("debug", "info", "warning", "error"), help="default: info")
     p.set_defaults(func=cmd_agent)
@@ -46,7 +54,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
                         format=f"%(asctime)s {args.node} %(levelname)s %(name)s: %(message)s")
     config = AgentConfig(node=args.node, cni_socket=args.cni_socket,
                          metrics_addr=parse_addr(args.metrics_addr), mtu=args.mtu,
-                         resync_interval=args.resync_interval)
+                         resync_interval=args.resync_interval, bgp=args.bgp,
+                         bgp_dir=args.bgp_dir)
     store = open_store(store_url(args.datastore))
     try:
         agent = Agent(config, store)

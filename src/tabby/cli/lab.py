@@ -18,6 +18,7 @@ from typing import Any, TextIO
 from tabby.cli.context import lab_name
 from tabby.cli.output import table
 from tabby.lab import system
+from tabby.lab.bgp import bird_socket
 from tabby.lab.state import LabState, require
 from tabby.lab.topology import BGP_MODES, DATASTORES, ENCAPS, STACKS
 
@@ -34,10 +35,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     up.add_argument("--stack", choices=tuple(STACKS), default="ipv4",
                     help="address families of the fabric and the pods (default ipv4)")
     up.add_argument("--encap", choices=ENCAPS, default="none",
-                    help="pod traffic between nodes (only none so far)")
+                    help="pod traffic between nodes: none (routed), vxlan (the pools'"
+                    " vxlanMode Always) or vxlan-crosssubnet (CrossSubnet: only between racks)")
     up.add_argument("--bgp", choices=BGP_MODES, default="none",
-                    help="how routes are spread (only none so far)")
-    up.add_argument("--racks", type=int, default=1, help="racks of nodes (only 1 so far)")
+                    help="how routes are spread: none (each agent writes them), or BIRD on"
+                    " every node with FRR on the ToR: mesh (node-to-node mesh), rr (route"
+                    " reflectors), tor (every node peers with the ToR only)")
+    up.add_argument("--racks", type=int, default=1,
+                    help="racks of nodes, one subnet each, routed by the ToR (more than 1"
+                    " needs --bgp or --encap vxlan*)")
     up.add_argument("--datastore", dest="lab_datastore", choices=DATASTORES, default="sqlite",
                     help="sqlite (one file) or etcd (a real 3-member cluster)")
     up.set_defaults(func=cmd_up)
@@ -157,7 +163,8 @@ def describe(state: LabState) -> dict[str, Any]:
             "addresses": [str(a) for a in plan.addresses()],
             "agentPid": node.agent.pid if node.agent else None,
             "agentRunning": bool(node.agent and system.alive(node.agent)),
-            "agentLog": str(node.agent_log), "pods": pods_on.get(node.name, 0)})
+            "agentLog": str(node.agent_log), "pods": pods_on.get(node.name, 0),
+            **({"birdSocket": str(bird_socket(node))} if t.bgp != "none" else {})})
     return {
         "name": state.name, "phase": state.phase, "stack": t.stack, "encap": t.encap,
         "bgp": t.bgp, "families": [f"ipv{v}" for v in t.families],
@@ -171,6 +178,8 @@ def describe(state: LabState) -> dict[str, Any]:
                   "listenerPid": p.listener.pid if p.listener else None}
                  for p in sorted(state.pods, key=lambda p: (p.namespace, p.name))],
         "processes": [{"role": p.role, "pid": p.pid} for p in state.procs],
+        **({"ext": {"netns": t.ext.netns, "addresses": [str(a) for a in t.ext.addresses]}}
+           if t.ext else {}),
     }
 
 

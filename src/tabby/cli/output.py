@@ -23,6 +23,7 @@ from tabby.model import (
     Resource,
     WorkloadEndpoint,
 )
+from tabby.model.service import EndpointSlice, Service, family_name
 
 Column = tuple[str, Callable[[Any], str]]
 
@@ -102,6 +103,17 @@ COLUMNS: dict[type[Resource], list[Column]] = {
         ("CIDR", lambda b: str(b.spec.cidr)),
         ("AFFINITY", lambda b: b.spec.affinity or "<none>"),
         ("USED", lambda b: f"{b.used()}/{b.spec.cidr.num_addresses}"),
+    ],
+    Service: [
+        ("TYPE", lambda s: s.spec.type),
+        ("CLUSTER-IP", lambda s: s.cluster_ip_text()),
+        ("EXTERNAL-IP", lambda s: s.external_ip_text()),
+        ("PORT(S)", lambda s: s.ports_text()),
+    ],
+    EndpointSlice: [
+        ("ADDRESSTYPE", lambda e: family_name(e.address_type)),
+        ("PORTS", lambda e: e.ports_text()),
+        ("ENDPOINTS", lambda e: e.endpoints_text()),
     ],
     BlockAffinity: [
         ("NODE", lambda a: a.spec.node),

@@ -16,10 +16,11 @@ from typing import Any, TextIO
 
 import yaml
 
+from tabby.calc.ipip import ipip_warning
 from tabby.cli import output
 from tabby.cli.context import open_client, running_lab
 from tabby.errors import FieldError, NotFound, TabbyError, ValidationError
-from tabby.model import Namespace, Pod, Resource, parse_manifest, resolve_kind
+from tabby.model import IPPool, Namespace, Pod, Resource, Service, parse_manifest, resolve_kind
 from tabby.store.client import Client
 
 
@@ -107,6 +108,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
         if lab is not None and isinstance(obj, Pod):
             continue  # wired below, several at a time
         report(obj, functools.partial(apply_one, client, lab, obj), errors)
+        if isinstance(obj, IPPool) and obj.spec.ipip_mode != "Never":
+            print(f"warning: {ipip_warning(obj)}", file=sys.stderr)
     if pods:
         from tabby.cli.lab import ProgressPrinter
         from tabby.lab import pods as lab_pods
@@ -139,6 +142,9 @@ def _reraise(result: str | TabbyError) -> str:
 
 
 def apply_one(client: Client, lab: object | None, obj: Resource) -> str:
+    if lab is not None and isinstance(obj, Service):
+        from tabby.lab import services as lab_services
+        return lab_services.apply_service(lab, client, obj)  # type: ignore[arg-type]
     if lab is not None and isinstance(obj, Pod | Namespace):
         from tabby.lab import pods as lab_pods
         if isinstance(obj, Pod):
@@ -202,7 +208,10 @@ def cmd_delete(args: argparse.Namespace) -> int:
     for cls, name, ns in targets:
         label = f"{cls.KIND.kind.lower()}/{name}"
         try:
-            if lab is not None and cls in (Pod, Namespace):
+            if lab is not None and cls is Service:
+                from tabby.lab import services as lab_services
+                lab_services.delete_service(lab, client, ns, name)  # type: ignore[arg-type]
+            elif lab is not None and cls in (Pod, Namespace):
                 from tabby.lab import pods as lab_pods
                 if cls is Pod:
                     lab_pods.delete_pod(lab, client, ns, name)  # type: ignore[arg-type]

@@ -2,10 +2,13 @@
 
 ``Netlink`` is a small, typed adapter over one rtnetlink socket in one network
 namespace: links (veth pairs whose peer lands directly in a pod's namespace,
-MAC, MTU, up/down, delete, lookup), addresses (IPv6 with ``nodad``), routes
-(replace/delete/dump filtered by protocol; unicast via a gateway or a device,
-blackhole, ``onlink``) and sysctls. Values going in and out are ``ipaddress``
-types and frozen dataclasses; pyroute2's messages never leave this module.
+VXLAN devices, MAC, MTU, up/down, delete, lookup), addresses (IPv6 with
+``nodad``), routes (replace/delete/dump filtered by protocol; unicast via a
+gateway or a device, blackhole, ``onlink``), a VXLAN device's static FDB
+entries and permanent neighbours, and sysctls. ``link_kind_supported`` asks
+the kernel whether it can make a kind of link at all (in a scratch namespace).
+Values going in and out are ``ipaddress`` types and frozen dataclasses;
+pyroute2's messages never leave this module.
 
 Namespaces. The agent runs inside the node's namespace; a pod's namespace is
 reached by path (``/var/run/netns/X`` or ``/proc/PID/ns/net``). Linux lets one
@@ -53,6 +56,10 @@ IFA_F_NODAD = 0x02
 RTNH_F_ONLINK = 0x4
 RT_SCOPE_UNIVERSE = 0
 RT_SCOPE_LINK = 253
+NUD_NOARP = 0x40
+NUD_PERMANENT = 0x80
+NTF_SELF = 0x02
+AF_BRIDGE = 7
 ROUTE_TYPES = {1: "unicast", 6: "blackhole", 7: "unreachable", 8: "prohibit"}
 _CLONE_NEWNET = 0x40000000
 _FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
@@ -77,6 +84,26 @@ class Link:
     up: bool
     kind: str  # "veth", "bridge", "" for plain devices
     peer_index: int | None  # IFLA_LINK: a veth's peer index (in the peer's namespace)
+
+
+@dataclass(frozen=True, slots=True)
+class VxlanInfo:
+    """A VXLAN link's own settings, as the kernel reports them."""
+
+    vni: int
+    local: IPAddress | None
+    port: int
+    learning: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Neigh:
+    """A neighbour (``address`` -> ``mac``) or, on a VXLAN device, an FDB entry
+    (``mac`` -> remote ``address``)."""
+
+    address: IPAddress
+    mac: str
+    permanent: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +257,36 @@ class Netlink:
             raise NetlinkError(f"veth {name} vanished right after creation", errno.ENODEV)
         return created
 
+    def add_vxlan(self, name: str, *, vni: int, local: IPAddress, port: int, mac: str,
+                  mtu: int) -> Link:
+        """Create VXLAN device ``name`` without learning (FDB entries are static)."""
+        spec: dict[str, Any] = {"ifname": name, "kind": "vxlan", "vxlan_id": vni,
+                                "vxlan_port": port, "vxlan_learning": 0, "address": mac,
+                                "mtu": mtu}
+        spec["vxlan_local" if local.version == 4 else "vxlan_local6"] = str(local)
+        self._call("link_add", f"vxlan {name} (VNI {vni}, local {local})", "link", "add", **spec)
+        created = self.link(name)
+        if created is None:
+            raise NetlinkError(f"vxlan {name} vanished right after creation", errno.ENODEV)
+        return created
+
+    def vxlan_info(self, name: str) -> VxlanInfo | None:
+        """The VXLAN settings of ``name``; None if there is no such link or it is no VXLAN."""
+        try:
+            msgs = self._call("link_get", name, "link", "get", ifname=name)
+        except NetlinkError as exc:
+            if exc.code == errno.ENODEV:
+                return None
+            raise
+        if not msgs or msgs[0].get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") != "vxlan":
+            return None
+        data = msgs[0].get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA")
+        local = data.get("IFLA_VXLAN_LOCAL") or data.get("IFLA_VXLAN_LOCAL6")
+        return VxlanInfo(vni=int(data.get("IFLA_VXLAN_ID") or 0),
+                         local=ipaddress.ip_address(local) if local else None,
+                         port=int(data.get("IFLA_VXLAN_PORT") or 0),
+                         learning=bool(data.get("IFLA_VXLAN_LEARNING")))
+
     def set_link(self, name: str, *, up: bool | None = None, mtu: int | None = None,
                  mac: str | None = None) -> None:
         index = self._index(name)
@@ -297,6 +354,63 @@ class Netlink:
                        address=str(address.ip), prefixlen=address.network.prefixlen)
         except NetlinkError as exc:
             if exc.code in (errno.EADDRNOTAVAIL, errno.ENOENT, errno.ESRCH):
+                return False
+            raise
+        return True
+
+    # -- neighbours and FDB entries -----------------------------------------------
+    def neighbours(self, name: str, version: int) -> list[Neigh]:
+        """ARP (4) or NDP (6) entries on ``name`` that carry an address."""
+        index = self._index(name)
+        out = []
+        for msg in self._call("neigh_dump", name, "neigh", "dump", ifindex=index,
+                              family=_FAMILY[version]):
+            dst, mac = msg.get("NDA_DST"), msg.get("NDA_LLADDR")
+            if msg["ifindex"] == index and dst and mac:
+                out.append(Neigh(ipaddress.ip_address(dst), str(mac),
+                                 bool(msg["state"] & NUD_PERMANENT)))
+        return out
+
+    def replace_neighbour(self, name: str, address: IPAddress, mac: str) -> None:
+        """A permanent entry ``address`` -> ``mac`` on ``name``."""
+        self._call("neigh_replace", f"{address} lladdr {mac} on {name}", "neigh", "replace",
+                   ifindex=self._index(name), dst=str(address), lladdr=mac,
+                   family=_FAMILY[address.version], state=NUD_PERMANENT)
+
+    def delete_neighbour(self, name: str, address: IPAddress) -> bool:
+        try:
+            self._call("neigh_del", f"{address} on {name}", "neigh", "del",
+                       ifindex=self._index(name), dst=str(address),
+                       family=_FAMILY[address.version])
+        except NetlinkError as exc:
+            if exc.code in (errno.ENOENT, errno.ESRCH):
+                return False
+            raise
+        return True
+
+    def fdb(self, name: str) -> list[Neigh]:
+        """FDB entries of ``name`` that send a MAC to a remote address (VXLAN)."""
+        index = self._index(name)
+        out = []
+        for msg in self._call("fdb_dump", name, "fdb", "dump", ifindex=index):
+            dst, mac = msg.get("NDA_DST"), msg.get("NDA_LLADDR")
+            if msg["ifindex"] == index and dst and mac:
+                out.append(Neigh(ipaddress.ip_address(dst), str(mac),
+                                 bool(msg["state"] & NUD_PERMANENT)))
+        return out
+
+    def replace_fdb(self, name: str, mac: str, dst: IPAddress) -> None:
+        """A static entry: frames for ``mac`` go to ``dst`` (``bridge fdb replace ... self``)."""
+        self._call("fdb_replace", f"{mac} dst {dst} on {name}", "fdb", "replace",
+                   ifindex=self._index(name), lladdr=mac, dst=str(dst),
+                   state=NUD_PERMANENT | NUD_NOARP, flags=NTF_SELF)
+
+    def delete_fdb(self, name: str, mac: str, dst: IPAddress) -> bool:
+        try:
+            self._call("fdb_del", f"{mac} dst {dst} on {name}", "fdb", "del",
+                       ifindex=self._index(name), lladdr=mac, dst=str(dst))
+        except NetlinkError as exc:
+            if exc.code in (errno.ENOENT, errno.ESRCH):
                 return False
             raise
         return True
@@ -374,6 +488,44 @@ class Netlink:
             raise NetlinkError(f"sysctl {key}{where}: {exc.strerror}", exc.errno or 0) from exc
         self._counts.add(op)
         return result
+
+
+def link_kind_supported(kind: str, counts: CallCounts | None = None) -> bool:
+    """Can this kernel create a link of ``kind`` (``ipip``, ``vxlan``, ...)? Asked by
+    creating one in a scratch namespace that only a short-lived thread enters (it
+    vanishes with the thread), so no namespace in use is touched."""
+    answer: list[bool | BaseException] = []
+
+    def probe() -> None:
+        try:
+            if _libc.unshare(_CLONE_NEWNET) != 0:
+                code = ctypes.get_errno()
+                raise NetlinkError(f"cannot make a scratch namespace: {os.strerror(code)}",
+                                   code)
+            ipr = IPRoute()
+            try:
+                ipr.link("add", ifname="probe0", kind=kind)
+                answer.append(True)
+            except _PyrouteNetlinkError as exc:
+                # EOPNOTSUPP: no such kind; EINVAL: a known kind wanting more (a VNI, ...)
+                if exc.code not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise NetlinkError(f"probing link kind {kind}: {os.strerror(exc.code)}",
+                                       exc.code) from exc
+                answer.append(exc.code == errno.EINVAL)
+            finally:
+                ipr.close()
+        except BaseException as exc:  # handed to the caller's thread
+            answer.append(exc)
+
+    thread = threading.Thread(target=probe, name=f"probe-{kind}", daemon=True)
+    thread.start()
+    thread.join()
+    if counts is not None:
+        counts.add("link_probe")
+    result = answer[0] if answer else NetlinkError(f"probing link kind {kind}: no answer", 0)
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 def _link(msg: Any) -> Link:

@@ -7,25 +7,36 @@ what it last applied (an endpoint joining a selector is one set element). A
 transaction either applies whole or not at all, so after a failure the kernel
 still holds the previous state and the next pass replaces the table.
 
-The ``NftRunner`` seam runs a script; ``NftCommand`` is the real one (the
-``nft`` binary in the caller's network namespace).
+Sets flagged ``dynamic`` are filled by the packet path (session affinity
+remembers which client went to which endpoint); a full replace re-adds what
+they held, with the time each element had left, so neither a periodic full
+pass nor an agent restart forgets it.
+
+The ``NftRunner`` seam runs a script (and reads the table back as JSON);
+``NftCommand`` is the real one (the ``nft`` binary in the caller's network
+namespace).
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from dataclasses import dataclass
 from typing import Protocol
 
 from tabby.errors import DataplaneError
-from tabby.nft.model import Ruleset
+from tabby.nft.model import FAMILY, TABLE, Ruleset
 from tabby.nft.render import TypeChanged, render_delta, render_full
 
 
 class NftRunner(Protocol):
     def run(self, script: str) -> None:
         """Apply ``script`` as one transaction; DataplaneError if nft refuses it."""
+        ...
+
+    def read(self, what: str) -> str:
+        """``nft -j list WHAT`` (e.g. ``table inet tabby``); DataplaneError on failure."""
         ...
 
 
@@ -43,6 +54,26 @@ class NftCommand:
             raise DataplaneError(f"nft: {exc}") from exc
         if done.returncode != 0:
             raise DataplaneError(f"nft refused the transaction: {_first_error(done.stderr)}")
+
+    def read(self, what: str) -> str:
+        try:
+            done = subprocess.run([*self.argv[:-2], "-j", "list", *what.split()],
+                                  capture_output=True, timeout=60, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise DataplaneError(f"nft: {exc}") from exc
+        if done.returncode != 0:
+            raise DataplaneError(f"nft list {what}: {_first_error(done.stderr)}")
+        return done.stdout.decode()
+
+
+def _live_elements(items: object) -> list[str]:
+    """Elements of a listed set that have time left, as nft text (plain values only)."""
+    out = []
+    for item in items if isinstance(items, list) else []:
+        e = item.get("elem", {}) if isinstance(item, dict) else {}
+        if isinstance(e.get("val"), str) and e.get("expires", 0) > 0 and e.get("timeout", 0) > 0:
+            out.append(f"{e['val']} timeout {e['timeout']}s expires {e['expires']}s")
+    return out
 
 
 def _first_error(stderr: bytes) -> str:
@@ -74,7 +105,7 @@ class NftReconciler:
             except TypeChanged:
                 mode = "full"
         if mode == "full":
-            script = render_full(desired)
+            script = render_full(desired) + self._kept(desired)
         if not script:
             return NftResult("none", 0, time.monotonic() - started)
         try:
@@ -84,3 +115,25 @@ class NftReconciler:
             return NftResult(mode, script.count("\n"), time.monotonic() - started, (str(exc),))
         self.applied = desired
         return NftResult(mode, script.count("\n"), time.monotonic() - started)
+
+    def _kept(self, desired: Ruleset) -> str:
+        """``add element`` lines giving back what the kernel holds in ``desired``'s
+        dynamic sets (those it declares alike), with the time each has left."""
+        dynamic = {n: s.type for n, s in desired.sets.items() if "dynamic" in s.flags}
+        if not dynamic:
+            return ""
+        try:
+            listing = json.loads(self.runner.read(f"table {FAMILY} {TABLE}"))
+        except (DataplaneError, ValueError):
+            return ""  # no table yet, or unreadable: nothing to keep
+        lines = []
+        for entry in listing.get("nftables", []) if isinstance(listing, dict) else []:
+            found = entry.get("set") if isinstance(entry, dict) else None
+            if not isinstance(found, dict) or dynamic.get(str(found.get("name"))) != \
+                    found.get("type"):
+                continue
+            kept = _live_elements(found.get("elem", []))
+            if kept:
+                lines.append(f"add element {FAMILY} {TABLE} {found['name']}"
+                             f" {{ {', '.join(kept)} }}")
+        return "\n".join(lines) + ("\n" if lines else "")

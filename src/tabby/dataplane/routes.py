@@ -127,7 +127,7 @@ class RouteReconciler:
             return
         try:
             nl.replace_route(route.dst, protocol=self.protocol, type=route.type,
-                             gateway=route.gateway, dev=route.dev,
+                             gateway=route.gateway, dev=route.dev, onlink=route.onlink,
                              scope_link=route.dev is not None and route.gateway is None
                              and route.dst.version == 4)
         except NetlinkError as exc:
@@ -159,7 +159,7 @@ class RouteReconciler:
 
 
 def _matches(route: Route, kr: KernelRoute, names: Mapping[int, str]) -> bool:
-    if route.type != kr.type or kr.onlink:
+    if route.type != kr.type or kr.onlink != route.onlink:
         return False
     if route.type == "blackhole":
         return True

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tabby.errors import LabError, TabbyError
-from tabby.lab import datastore, system
+from tabby.lab import bgp, datastore, frr, system
 from tabby.lab.cni import CNIRuntime, cni_conflist, portmap_version
 from tabby.lab.state import LabState, Link, NodeRecord, StateFile, lab_dir, load
 from tabby.lab.topology import NodePlan, Topology
@@ -65,6 +65,9 @@ class Lab:
             self._fabric(report)
             self._node_files()
             self._datastore(report)
+            if self.topology.bgp != "none":
+                frr.start(self.topology, self.state_file)
+                report("tor router", 1, 1)
             self._agents(report)
             return self.state_file.mutate(lambda s: dataclasses.replace(s, phase="up"))
         except BaseException as exc:
@@ -92,14 +95,17 @@ class Lab:
 
     def _fabric(self, report: Progress) -> None:
         t = self.topology
+        ext = (t.ext.tor_if,) if t.ext else ()
         links = tuple(Link(t.tor_netns, name) for name in
-                      (*(r.bridge for r in t.racks), *(n.tor_if for n in t.nodes)))
+                      (*(r.bridge for r in t.racks), *(n.tor_if for n in t.nodes), *ext))
         self.state_file.mutate(lambda s: dataclasses.replace(s, netns=t.netns(), links=links))
         system.add_netns(t.netns())
         parallel(lambda ns: system.sysctl(ns, NODE_SYSCTLS), t.netns())
         report("namespaces", len(t.netns()), len(t.netns()))
         system.ip_batch(tor_commands(t), t.tor_netns)
         parallel(lambda n: system.ip_batch(node_commands(t, n), n.netns), t.nodes)
+        if t.ext:
+            system.ip_batch(ext_commands(t), t.ext.netns)
         report("fabric", len(t.nodes), len(t.nodes))
 
     def _node_files(self) -> None:
@@ -126,11 +132,17 @@ class Lab:
         t = self.topology
         state = self.state_file.read()
         for node in state.nodes:
-            argv = system.in_netns(node.netns, agent_argv(state.datastore, node, t.mtu))
+            argv = system.in_netns(node.netns, [*agent_argv(state.datastore, node, t.mtu),
+                                                *bgp.agent_flags(t, node)])
             proc = system.spawn(argv, f"agent {node.name}", node.agent_log)
             record = dataclasses.replace(node, agent=proc)
             self.state_file.mutate(functools.partial(LabState.with_node, node=record))
         wait_agents(self.state_file.read(), self.agent_timeout, report)
+        if t.bgp != "none":
+            state = self.state_file.read()
+            bgp.wait_sessions(state, bgp.SESSION_TIMEOUT, report)
+            birds = bgp.birds(state)  # each agent started its node's BIRD
+            self.state_file.mutate(lambda s: dataclasses.replace(s, procs=(*s.procs, *birds)))
 
 
 def tor_commands(t: Topology) -> list[str]:
@@ -144,6 +156,11 @@ def tor_commands(t: Topology) -> list[str]:
         cmds += [f"link add {node.tor_if} mtu {t.mtu} type veth"
                  f" peer name {node.fabric_if} netns {node.netns}",
                  f"link set {node.tor_if} master {t.rack(node.rack).bridge} up"]
+    if t.ext:
+        cmds += [f"link add {t.ext.tor_if} mtu {t.mtu} type veth"
+                 f" peer name {t.ext.ext_if} netns {t.ext.netns}",
+                 *(f"addr add {gw} dev {t.ext.tor_if}" + (" nodad" if gw.version == 6 else "")
+                   for gw in t.ext.gateways), f"link set {t.ext.tor_if} up"]
     return cmds
 
 
@@ -155,6 +172,15 @@ def node_commands(t: Topology, node: NodePlan) -> list[str]:
     # A default route via the ToR: proxy ARP for the pods' 169.254.1.1 needs a unicast route.
     cmds += [f"route add default via {gw.ip} dev {node.fabric_if}" for gw in rack.gateways()]
     return cmds
+
+
+def ext_commands(t: Topology) -> list[str]:
+    """The outside client: its address behind the ToR, default routes via the ToR."""
+    assert t.ext is not None
+    cmds = ["link set lo up", f"link set {t.ext.ext_if} up"]
+    cmds += [f"addr add {a} dev {t.ext.ext_if}" + (" nodad" if a.version == 6 else "")
+             for a in t.ext.addresses]
+    return cmds + [f"route add default via {gw.ip} dev {t.ext.ext_if}" for gw in t.ext.gateways]
 
 
 def agent_argv(url: str, node: NodeRecord, mtu: int) -> list[str]:
@@ -209,7 +235,9 @@ def teardown(state: LabState, grace: float = 5.0) -> None:
     lab's directory. Safe to repeat; tolerates what is already gone."""
     workloads = [p for p in state.all_procs() if p not in state.procs]
     system.stop(workloads, grace)  # listeners and agents, while their datastore still answers
-    for proc in state.procs:  # one by one: etcd members stopped together stall on each other
+    # BIRDs the agents (re)started since they were recorded, now that no agent restarts one
+    birds = [p for p in bgp.birds(state) if p not in state.procs]
+    for proc in (*birds, *state.procs):  # one by one: etcd members stopped together stall
         system.stop([proc], grace)
     present = system.netns_list()
     by_netns: dict[str, list[str]] = {}

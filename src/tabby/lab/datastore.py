@@ -11,7 +11,8 @@ and forwards to the member: the datastore URL is the same everywhere. Only the
 datastore's own connections cross namespaces; pod and fabric traffic never do.
 
 Seeding writes what a cluster's installer would: the IP pools, one ``Node``
-per lab node (fabric addresses in ``spec.bgp``), and the ``default`` namespace.
+per lab node (fabric addresses in ``spec.bgp``), and the ``default`` namespace;
+with ``--bgp``, the BGP resources of the mode (``tabby.lab.bgp``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tabby.lab import relay, system
+from tabby.lab import bgp, relay, system
 from tabby.lab.state import Proc, StateFile
 from tabby.lab.topology import NodePlan, PoolPlan, Topology
 from tabby.model import IPPool, Namespace, Node
@@ -76,7 +77,9 @@ def seed(t: Topology, url: str) -> None:
         for pool in t.pools:
             client.apply(IPPool.from_manifest(pool_manifest(pool)))
         for node in t.nodes:
-            client.apply(Node.from_manifest(node_manifest(node)))
+            client.apply(Node.from_manifest(bgp.with_bgp(t, node, node_manifest(node))))
+        for obj in bgp.resources(t):  # BGPConfiguration and BGPPeers of --bgp labs
+            client.apply(obj)
         client.apply(Namespace.from_manifest(
             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}}))
     finally:
@@ -86,8 +89,8 @@ def seed(t: Topology, url: str) -> None:
 def pool_manifest(pool: PoolPlan) -> dict[str, Any]:
     return {"apiVersion": TABBY_API, "kind": "IPPool", "metadata": {"name": pool.name},
             "spec": {"cidr": str(pool.cidr), "blockSize": pool.block_size,
-                     "vxlanMode": "Never", "ipipMode": "Never", "natOutgoing": False,
-                     "nodeSelector": "all()"}}
+                     "vxlanMode": pool.vxlan_mode, "ipipMode": "Never",
+                     "natOutgoing": pool.nat_outgoing, "nodeSelector": "all()"}}
 
 
 def node_manifest(node: NodePlan) -> dict[str, Any]:

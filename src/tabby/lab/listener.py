@@ -3,8 +3,10 @@
     python3 -I -S listener.py --name web-1 --port 80 --port 53     (inside the pod's netns)
 
 A TCP client gets ``NAME\\n`` and the connection closes; a UDP datagram gets
-``NAME\\n`` back. One dual-stack socket per port and protocol (IPv4-mapped
-addresses on ``::``), falling back to IPv4 alone where IPv6 is off. Prints
+``NAME\\n`` back, except the datagram ``peer\\n``, answered ``NAME PEER_IP\\n``
+(whom the pod sees: whether a service kept the client's address). One
+dual-stack socket per port and protocol (IPv4-mapped addresses on ``::``),
+falling back to IPv4 alone where IPv6 is off. Prints
 ``ready`` on stdout once every socket is bound, then serves in one thread with
 ``selectors`` until SIGTERM. Stdlib only: it runs with ``-I -S`` by path.
 """
@@ -59,13 +61,17 @@ def answer_tcp(listener: socket.socket, reply: bytes) -> None:
 def answer_udp(sock: socket.socket, reply: bytes) -> None:
     while True:
         try:
-            _, peer = sock.recvfrom(2048)
+            data, peer = sock.recvfrom(2048)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:  # an ICMP error queued on the socket; carry on
             continue
+        answer = reply
+        if data == b"peer\n":
+            address = str(peer[0]).removeprefix("::ffff:")
+            answer = reply.rstrip(b"\n") + f" {address}\n".encode()
         with contextlib.suppress(OSError):
-            sock.sendto(reply, peer)
+            sock.sendto(answer, peer)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from tabby.errors import LabError, NotFound, TabbyError
-from tabby.lab import listener, system
+from tabby.lab import listener, services, system
 from tabby.lab.cni import CNIRuntime, Sandbox
 from tabby.lab.state import LabState, PodRecord, Proc, StateFile, lab_dir, require
 from tabby.model import Namespace, Pod
@@ -96,7 +96,9 @@ class LabPods:
             raise LabError(f"{pod.ref}: hostNetwork pods are not yet supported by the lab")
         record = self._reserve(pod)
         if record is None:
-            return self._reconfigure(pod)
+            verb = self._reconfigure(pod)
+            services.sync(self.name, self.client)  # labels may change what selects it
+            return verb
         try:
             self._wire(pod, record)
         except BaseException as exc:
@@ -105,6 +107,7 @@ class LabPods:
             except TabbyError as undo:
                 exc.add_note(f"undoing the half-wired pod failed too: {undo}")
             raise
+        services.sync(self.name, self.client)  # Running now: its endpoints are ready
         return "created"
 
     def apply_pods(self, pods: Sequence[Pod],
@@ -135,8 +138,11 @@ class LabPods:
         record = self.state_file.read().pod(namespace, name)
         if record is None:
             self.client.delete(Pod, name, namespace)  # NotFound if absent
+            services.sync(self.name, self.client)
             return
+        services.sync(self.name, self.client, leaving=[(namespace, name)])  # endpoints first
         self._unwire(record)
+        services.sync(self.name, self.client)
 
     # -- steps ------------------------------------------------------------------
 

@@ -9,8 +9,11 @@
 
 ``Topology`` is a frozen value: print it, diff it, compare it in tests
 (``to_dict`` gives the JSON form recorded in the lab's state). Options that are
-part of the CLI grammar but not built yet (VXLAN, BGP, more racks) are refused
-here with a ``LabError`` naming what is missing, so nothing is half-built.
+part of the CLI grammar but not buildable (more racks without BGP or VXLAN to
+route between them) are refused here with a ``LabError`` naming what is
+missing, so nothing is half-built. ``--bgp`` labs add an outside client
+(``<lab>-ext``, 198.18.100.10/24, fd7a:bb1e:0:64::10/64) behind the ToR, which
+runs FRR (``tabby.lab.frr``); ``tabby.lab.bgp`` derives the BGP resources.
 Network namespace names carry the lab name so two labs coexist; interface names
 live inside the lab's own namespaces and stay within 15 characters.
 """
@@ -29,10 +32,11 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 STACKS = {"ipv4": (4,), "ipv6": (6,), "dual": (4, 6)}
-ENCAPS = ("none", "vxlan")
+ENCAPS = ("none", "vxlan", "vxlan-crosssubnet")
+VXLAN_MODES = {"none": "Never", "vxlan": "Always", "vxlan-crosssubnet": "CrossSubnet"}
 BGP_MODES = ("none", "mesh", "rr", "tor")
 DATASTORES = ("sqlite", "etcd")
-SUPPORTED = {"encap": ("none",), "bgp": ("none",)}
+SUPPORTED = {"encap": ENCAPS, "bgp": BGP_MODES}
 
 FABRIC_V4 = ipaddress.IPv4Network("198.18.0.0/16")  # racks: 198.18.<rack-1>.0/24
 FABRIC_V6 = ipaddress.IPv6Network("fd7a:bb1e::/48")  # racks: fd7a:bb1e:0:<rack-1>::/64
@@ -41,6 +45,8 @@ POOL_V6 = ipaddress.IPv6Network("fd7a:bb1e:1::/48")
 BLOCK_SIZE = {4: 26, 6: 122}
 POOL_NAMES = {4: "default-ipv4-ippool", 6: "default-ipv6-ippool"}
 MAX_NODES = 240  # node i is host 10+i of its rack's /24
+MAX_RACKS = 100  # racks take the first /24s (and /64s); the outside client the 101st
+EXT_SUBNET = 101  # the outside client's subnet: 198.18.100.0/24, fd7a:bb1e:0:64::/64
 MAX_NAME = 32
 MTU = 1500
 NODE_IF = "eth0"
@@ -88,6 +94,20 @@ class PoolPlan:
     name: str
     cidr: IPNetwork
     block_size: int
+    vxlan_mode: str = "Never"  # --encap vxlan: Always; vxlan-crosssubnet: CrossSubnet
+    nat_outgoing: bool = True  # Calico's default: pods reach what lies outside the pools
+
+
+@dataclass(frozen=True, slots=True)
+class ExtPlan:
+    """An outside client behind the ToR (``--bgp`` labs): its own subnet, default via the ToR,
+    reaching pods through the routes the ToR learns over BGP."""
+
+    netns: str
+    tor_if: str  # in the ToR's namespace, holding the ToR's address of the subnet
+    ext_if: str
+    gateways: tuple[IPInterface, ...]  # the ToR's side
+    addresses: tuple[IPInterface, ...]  # the client's
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +122,7 @@ class Topology:
     racks: tuple[Rack, ...]
     nodes: tuple[NodePlan, ...]
     pools: tuple[PoolPlan, ...]
+    ext: ExtPlan | None = None
 
     @property
     def families(self) -> tuple[int, ...]:
@@ -119,10 +140,12 @@ class Topology:
 
     def netns(self) -> tuple[str, ...]:
         """Every namespace of the fabric, ToR first."""
-        return (self.tor_netns, *(n.netns for n in self.nodes))
+        ext = (self.ext.netns,) if self.ext else ()
+        return (self.tor_netns, *(n.netns for n in self.nodes), *ext)
 
     def interface_names(self) -> tuple[str, ...]:
-        return (NODE_IF, *(r.bridge for r in self.racks), *(n.tor_if for n in self.nodes))
+        ext = (self.ext.tor_if, self.ext.ext_if) if self.ext else ()
+        return (NODE_IF, *(r.bridge for r in self.racks), *(n.tor_if for n in self.nodes), *ext)
 
     def options(self) -> dict[str, Any]:
         """The arguments of ``plan`` that give this topology back."""
@@ -139,8 +162,11 @@ class Topology:
             "nodes": [{"name": n.name, "rack": n.rack, "netns": n.netns,
                        "interface": n.fabric_if, "torInterface": n.tor_if,
                        "addresses": [str(a) for a in n.addresses()]} for n in self.nodes],
-            "pools": [{"name": p.name, "cidr": str(p.cidr), "blockSize": p.block_size}
+            "pools": [{"name": p.name, "cidr": str(p.cidr), "blockSize": p.block_size,
+                       "vxlanMode": p.vxlan_mode, "natOutgoing": p.nat_outgoing}
                       for p in self.pools],
+            **({"ext": {"netns": self.ext.netns,
+                        "addresses": [str(a) for a in self.ext.addresses]}} if self.ext else {}),
         }
 
 
@@ -155,23 +181,26 @@ def plan(name: str = "tabby", nodes: int = 2, stack: str = "ipv4", encap: str = 
     _choice("datastore", datastore, DATASTORES)
     if not 1 <= nodes <= MAX_NODES:
         raise ConfigError(f"--nodes {nodes}: a lab has 1..{MAX_NODES} nodes")
-    if not 1 <= racks <= nodes:
-        raise ConfigError(f"--racks {racks}: a lab of {nodes} nodes has 1..{nodes} racks")
+    if not 1 <= racks <= min(nodes, MAX_RACKS):
+        raise ConfigError(f"--racks {racks}: a lab of {nodes} nodes has"
+                          f" 1..{min(nodes, MAX_RACKS)} racks")
     for option, value in (("encap", encap), ("bgp", bgp)):
         if value not in SUPPORTED[option]:
             raise LabError(f"--{option} {value} is not yet supported by the lab"
                            f" (supported: {', '.join(SUPPORTED[option])})")
-    if racks > 1:
-        raise LabError(f"--racks {racks} is not yet supported by the lab: routing between racks"
-                       " needs BGP to the ToR (--bgp tor), which comes later; use --racks 1")
+    if racks > 1 and bgp == "none" and encap == "none":
+        raise LabError(f"--racks {racks}: routes between racks need BGP (--bgp mesh|rr|tor) or"
+                       " VXLAN (--encap vxlan|vxlan-crosssubnet); with neither use --racks 1")
     families = STACKS[stack]
     rack_plans = tuple(rack_plan(r, families) for r in range(1, racks + 1))
     node_plans = tuple(node_plan(name, i, rack_of(i, nodes, racks), families)
                        for i in range(1, nodes + 1))
-    pools = tuple(PoolPlan(POOL_NAMES[v], POOL_V4 if v == 4 else POOL_V6, BLOCK_SIZE[v])
-                  for v in families)
+    pools = tuple(PoolPlan(POOL_NAMES[v], POOL_V4 if v == 4 else POOL_V6, BLOCK_SIZE[v],
+                           VXLAN_MODES[encap]) for v in families)
+    ext = ext_plan(name, families) if bgp != "none" else None
     return Topology(name=name, stack=stack, encap=encap, bgp=bgp, datastore=datastore, mtu=MTU,
-                    tor_netns=f"{name}-tor", racks=rack_plans, nodes=node_plans, pools=pools)
+                    tor_netns=f"{name}-tor", racks=rack_plans, nodes=node_plans, pools=pools,
+                    ext=ext)
 
 
 def check_name(name: str) -> None:
@@ -213,6 +242,16 @@ def node_plan(lab: str, index: int, rack: int, families: tuple[int, ...]) -> Nod
         # ::11 for node-1, like 198.18.0.11: the decimal host number read as hex digits
         ipv6=_host6(v6, int(str(10 + index), 16)) if 6 in families else None,
     )
+
+
+def ext_plan(lab: str, families: tuple[int, ...]) -> ExtPlan:
+    v4, v6 = rack_subnets(EXT_SUBNET)
+    return ExtPlan(
+        netns=f"{lab}-ext", tor_if="ext", ext_if=NODE_IF,
+        gateways=(*((_host4(v4, 1),) if 4 in families else ()),
+                  *((_host6(v6, 1),) if 6 in families else ())),
+        addresses=(*((_host4(v4, 10),) if 4 in families else ()),
+                   *((_host6(v6, 0x10),) if 6 in families else ())))
 
 
 def _host4(net: ipaddress.IPv4Network, n: int) -> ipaddress.IPv4Interface:

@@ -15,6 +15,10 @@ from tabby.model.base import (
     parse_manifest,
     resolve_kind,
 )
+from tabby.model.bgpconfiguration import BGPConfiguration
+from tabby.model.bgppeer import BGPPeer
+from tabby.model.felixconfig import FelixConfiguration
+from tabby.model.hostendpoint import HostEndpoint
 from tabby.model.ipam import (
     BlockAffinity,
     IPAMBlock,
@@ -26,23 +30,40 @@ from tabby.model.ipam import (
 )
 from tabby.model.ippool import IPPool, check_pools
 from tabby.model.k8s import Namespace, Pod
+from tabby.model.k8spolicy import K8sNetworkPolicy
+from tabby.model.networkset import GlobalNetworkSet, NetworkSet
 from tabby.model.node import Node
+from tabby.model.policy import GlobalNetworkPolicy, NetworkPolicy
+from tabby.model.secret import Secret
+from tabby.model.service import EndpointSlice, Service
 from tabby.model.workloadendpoint import WorkloadEndpoint, endpoint_name
 
 __all__ = [
     "CALICO_API",
     "TABBY_API",
+    "BGPConfiguration",
+    "BGPPeer",
     "BlockAffinity",
+    "EndpointSlice",
+    "FelixConfiguration",
+    "GlobalNetworkPolicy",
+    "GlobalNetworkSet",
+    "HostEndpoint",
     "IPAMBlock",
     "IPAMConfiguration",
     "IPAMHandle",
     "IPPool",
+    "K8sNetworkPolicy",
     "KindInfo",
     "Namespace",
+    "NetworkPolicy",
+    "NetworkSet",
     "Node",
     "ObjectMeta",
     "Pod",
     "Resource",
+    "Secret",
+    "Service",
     "WorkloadEndpoint",
     "affinity_name",
     "all_kinds",

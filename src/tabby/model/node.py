@@ -2,12 +2,16 @@
 
 Fields follow Calico's v3 Node: ``spec.bgp.ipv4Address`` / ``ipv6Address``
 (interface address with prefix, e.g. ``198.18.0.11/24``), ``asNumber``,
-``routeReflectorClusterID``, and ``spec.addresses``.
+``routeReflectorClusterID``, and ``spec.addresses``; the VXLAN tunnel endpoint
+the node's agent allocated and publishes (``ipv4VXLANTunnelAddr``,
+``vxlanTunnelMACAddr``, ``ipv6VXLANTunnelAddr``, ``vxlanTunnelMACAddrV6``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -15,6 +19,7 @@ from tabby.model.base import CALICO_API, TABBY_GROUP, KindInfo, ObjectMeta, Reso
 from tabby.model.fields import Fields
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,9 +31,35 @@ class NodeBGP:
 
 
 @dataclass(frozen=True, slots=True)
+class NodeVXLAN:
+    """The node's VXLAN tunnel endpoint per family (written by its agent)."""
+
+    ipv4_address: ipaddress.IPv4Address | None = None
+    mac: str = ""
+    ipv6_address: ipaddress.IPv6Address | None = None
+    mac_v6: str = ""
+
+    def address(self, version: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+        return self.ipv4_address if version == 4 else self.ipv6_address
+
+    def mac_of(self, version: int) -> str:
+        return self.mac if version == 4 else self.mac_v6
+
+    def with_family(self, version: int, address: ipaddress.IPv4Address | ipaddress.IPv6Address
+                    | None, mac: str) -> NodeVXLAN:
+        """These values with the VTEP of ``version`` set (None and "": cleared)."""
+        if version == 4:
+            v4 = address if isinstance(address, ipaddress.IPv4Address) else None
+            return dataclasses.replace(self, ipv4_address=v4, mac=mac)
+        v6 = address if isinstance(address, ipaddress.IPv6Address) else None
+        return dataclasses.replace(self, ipv6_address=v6, mac_v6=mac)
+
+
+@dataclass(frozen=True, slots=True)
 class NodeSpec:
     bgp: NodeBGP = NodeBGP()
     addresses: tuple[tuple[str, str], ...] = ()  # (address, type)
+    vxlan: NodeVXLAN = NodeVXLAN()
 
 
 @register
@@ -61,10 +92,11 @@ class Node(Resource):
             addr = a.str("address", required=True)
             addresses.append((addr, a.str("type", "InternalIP")))
             a.finish()
+        vxlan = _vxlan(f)
         f.raw("orchRefs")
         f.finish(ignore_unknown=True)
         top.raw("status")
-        spec = NodeSpec(NodeBGP(v4, v6, asn, rr), tuple(addresses))  # type: ignore[arg-type]
+        spec = NodeSpec(NodeBGP(v4, v6, asn, rr), tuple(addresses), vxlan)  # type: ignore[arg-type]
         return cls(meta=meta, spec=spec)
 
     def body(self) -> dict[str, Any]:
@@ -83,11 +115,46 @@ class Node(Resource):
             spec["bgp"] = bgp
         if self.spec.addresses:
             spec["addresses"] = [{"address": a, "type": t} for a, t in self.spec.addresses]
+        x = self.spec.vxlan
+        for key, value in (("ipv4VXLANTunnelAddr", x.ipv4_address), ("vxlanTunnelMACAddr", x.mac),
+                           ("ipv6VXLANTunnelAddr", x.ipv6_address),
+                           ("vxlanTunnelMACAddrV6", x.mac_v6)):
+            if value:
+                spec[key] = str(value)
         return {"spec": spec}
 
     def address(self, version: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         iface = self.spec.bgp.ipv4_address if version == 4 else self.spec.bgp.ipv6_address
         return iface.ip if iface else None
+
+
+def _vxlan(f: Fields) -> NodeVXLAN:
+    v4 = _tunnel_address(f, "ipv4VXLANTunnelAddr", 4)
+    v6 = _tunnel_address(f, "ipv6VXLANTunnelAddr", 6)
+    macs = []
+    for name in ("vxlanTunnelMACAddr", "vxlanTunnelMACAddrV6"):
+        text = f.str(name).lower()
+        if text and not _MAC.match(text):
+            f.error(name, f"{text!r} is not a MAC address (e.g. 66:0b:8d:2f:1e:01)")
+            text = ""
+        macs.append(text)
+    return NodeVXLAN(v4, macs[0], v6, macs[1])  # type: ignore[arg-type]
+
+
+def _tunnel_address(f: Fields, name: str, version: int
+                    ) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    text = f.str(name)
+    if not text:
+        return None
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        f.error(name, f"{text!r} is not an address")
+        return None
+    if address.version != version:
+        f.error(name, f"{text!r} is not an IPv{version} address")
+        return None
+    return address
 
 
 def _interface(f: Fields, name: str, version: int) -> IPInterface | None:

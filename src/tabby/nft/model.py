@@ -79,7 +79,7 @@ class NftSet:
 @dataclass(frozen=True, slots=True)
 class NftMap:
     name: str
-    type: str  # key type, e.g. "ipv4_addr . inet_proto . inet_service"
+    type: str  # key type, e.g. "ipv4_addr . inet_proto . inet_service", or "typeof EXPR"
     value: str  # "verdict" or a data type
     elements: frozenset[tuple[str, str]] = frozenset()  # (key, value) as nft text
     flags: tuple[str, ...] = ()

@@ -40,7 +40,9 @@ def _set_decl(s: NftSet) -> str:
 
 
 def _map_decl(m: NftMap) -> str:
-    parts = [f"type {m.type} : {m.value};"]
+    # A key given as "typeof EXPR" (e.g. one holding a numgen value) is declared as such.
+    key = m.type if m.type.startswith("typeof ") else f"type {m.type}"
+    parts = [f"{key} : {m.value};"]
     if m.flags:
         parts.append(f"flags {', '.join(m.flags)};")
     if m.comment:
@@ -97,10 +99,14 @@ def render_delta(old: Ruleset, new: Ruleset) -> str:
         lines += [f"add element {T} {name} {{ {e} }}" for e in _elements(s.elements - have)]
     for name, m in new.maps.items():
         have_m = old.maps[name].elements if name in old.maps else frozenset()
-        gone = {k for k, _ in have_m} - {k for k, _ in m.elements}
         changed = m.elements - have_m
+        # Keys are unique in a map, so only the pairs that differ need looking at
+        # (big maps of which one element changed stay cheap).
+        new_keys = {k for k, _ in changed}
+        removed_keys = {k for k, _ in have_m - m.elements}
+        gone = removed_keys - new_keys
         # A key whose value changed is deleted and re-added in the same transaction.
-        rekeyed = {k for k, _ in changed} & {k for k, _ in have_m}
+        rekeyed = removed_keys & new_keys
         lines += [f"delete element {T} {name} {{ {e} }}" for e in _elements(rekeyed)]
         lines += [f"add element {T} {name} {{ {e} }}"
                   for e in _elements(f"{k} : {v}" for k, v in changed)]

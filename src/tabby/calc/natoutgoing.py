@@ -1,0 +1,54 @@
+"""natOutgoing: masquerade pod traffic that leaves the pools (Calico's rule, in nftables).
+
+A pool with ``natOutgoing: true`` has its pods' traffic to any destination
+outside *all* pools source-NATed to the address of the interface it leaves
+by; traffic between pods (any pool, any node) keeps its addresses. Per
+family, in tabby's table::
+
+    set natout-v4-masq  { type ipv4_addr; flags interval; }   pools with natOutgoing
+    set natout-v4-pools { type ipv4_addr; flags interval; }   every pool
+    chain natout-post
+        ip saddr @natout-v4-masq ip daddr != @natout-v4-pools masquerade fully-random
+    nat-postrouting (order 500): jump natout-post
+
+(the same with ``ip6`` and ``-v6-`` for IPv6). Disabled pools count too:
+their pods still run. A family without a natOutgoing pool contributes
+nothing, and with no such pool at all the part is empty. The rule is the same
+on every node, as in Calico.
+"""
+
+from __future__ import annotations
+
+from tabby.calc.nftables import contributor
+from tabby.calc.snapshot import Snapshot
+from tabby.model import IPPool
+from tabby.nft.model import Chain, HookEntry, NftSet, Rule, Ruleset
+
+CHAIN = "natout-post"
+ORDER = 500  # after other features' source NAT (services' hairpin masquerade, ...)
+COMMENT = "natOutgoing"
+_MATCH = {4: ("ip", "ipv4_addr"), 6: ("ip6", "ipv6_addr")}
+
+__all__ = ["CHAIN", "natoutgoing_part"]
+
+
+@contributor
+def natoutgoing_part(snapshot: Snapshot, node: str) -> Ruleset:
+    pools = snapshot.of(IPPool)
+    sets: list[NftSet] = []
+    rules: list[Rule] = []
+    for version, (match, addr_type) in _MATCH.items():
+        family = [p for p in pools if p.version == version]
+        masq = frozenset(str(p.spec.cidr) for p in family if p.spec.nat_outgoing)
+        if not masq:
+            continue
+        masq_set, all_set = f"natout-v{version}-masq", f"natout-v{version}-pools"
+        sets += [NftSet(masq_set, addr_type, masq, ("interval",), "pools with natOutgoing"),
+                 NftSet(all_set, addr_type, frozenset(str(p.spec.cidr) for p in family),
+                        ("interval",), "every pool")]
+        rules.append(Rule(f"{match} saddr @{masq_set} {match} daddr != @{all_set}"
+                          " masquerade fully-random", COMMENT))
+    if not rules:
+        return Ruleset()
+    return Ruleset.of(chains=[Chain(CHAIN, tuple(rules))], sets=sets,
+                      hooks=[HookEntry("nat-postrouting", ORDER, Rule(f"jump {CHAIN}", COMMENT))])

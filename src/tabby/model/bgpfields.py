@@ -1,0 +1,152 @@
+"""Field types shared by BGPConfiguration and BGPPeer: passwords, durations, communities.
+
+Passwords (TCP-MD5) take Calico's shape, a reference to a key of a Secret,
+or tabby's inline form::
+
+    password:
+      secretKeyRef: {name: bgp-secrets, key: rack1}   # Calico: Secret in tabby-system
+    password:
+      value: s3cret                                    # tabby: inline, no Secret needed
+
+Durations are Go's (``120s``, ``2m``, ``1h30m``, ``500ms``), as Calico writes
+them; BGP carries graceful-restart times in whole seconds up to 4095.
+Communities are standard (``65001:100``) or large (``65001:100:200``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from tabby.model.fields import Fields
+
+SECRET_NAMESPACE = "tabby-system"
+"""Where ``secretKeyRef`` looks for its Secret (Calico: the calico-node namespace)."""
+
+MAX_RESTART_SECONDS = 4095  # the graceful-restart capability's 12-bit field
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_PRINTABLE = re.compile(r'^[\x21\x23-\x5b\x5d-\x7e ]*$')  # printable ASCII but " and \
+
+
+@dataclass(frozen=True, slots=True)
+class Password:
+    """Either an inline ``value`` or a ``secretKeyRef`` (name, key) to resolve later."""
+
+    value: str = ""
+    secret_name: str = ""
+    secret_key: str = ""
+
+    @property
+    def inline(self) -> bool:
+        return not self.secret_name
+
+    def to_dict(self) -> dict[str, object]:
+        if self.inline:
+            return {"value": self.value}
+        return {"secretKeyRef": {"name": self.secret_name, "key": self.secret_key}}
+
+
+def password_problem(value: str) -> str:
+    """Why ``value`` cannot be a BGP password ("" if it can): BIRD's strings have no escapes."""
+    if not value:
+        return "is empty"
+    if len(value) > 80:
+        return "is longer than 80 characters (the TCP-MD5 key limit)"
+    if not _PRINTABLE.match(value):
+        return 'may hold printable ASCII only, without " and \\'
+    return ""
+
+
+def parse_password(f: Fields, name: str) -> Password | None:
+    if not f.has(name):
+        f.raw(name)
+        return None
+    p = f.map(name)
+    inline = p.str("value")
+    has_ref = p.has("secretKeyRef")
+    ref = p.map("secretKeyRef")
+    p.finish()
+    if has_ref:
+        secret, key = ref.str("name", required=True), ref.str("key", required=True)
+        ref.raw("optional")
+        ref.finish()
+        if p.has("value"):
+            p.error("", "set either value (inline) or secretKeyRef, not both")
+            return None
+        return Password(secret_name=secret, secret_key=key)
+    if not p.has("value"):
+        p.error("", "needs secretKeyRef: {name, key} or value (inline)")
+        return None
+    problem = password_problem(inline)
+    if problem:
+        p.error("value", problem)
+        return None
+    return Password(value=inline)
+
+
+def parse_duration(f: Fields, name: str) -> int | None:
+    """A Go duration as whole seconds (rounded up), within 1..4095; None if unset."""
+    text = f.str(name)
+    if not text:
+        return None
+    pos, total = 0, 0.0
+    for match in _DURATION.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNITS[match.group(2)]
+        pos = match.end()
+    if pos != len(text) or pos == 0:
+        f.error(name, f"{text!r} is not a duration (e.g. 120s, 2m, 1h30m)")
+        return None
+    seconds = int(-(-total // 1))
+    if not 1 <= seconds <= MAX_RESTART_SECONDS:
+        f.error(name, f"{text!r} is outside 1s..{MAX_RESTART_SECONDS}s")
+        return None
+    return seconds
+
+
+def format_duration(seconds: int) -> str:
+    return f"{seconds}s"
+
+
+@dataclass(frozen=True, slots=True)
+class Community:
+    """A standard (two parts) or large (three parts) BGP community."""
+
+    parts: tuple[int, ...]
+
+    @property
+    def large(self) -> bool:
+        return len(self.parts) == 3
+
+    def __str__(self) -> str:
+        return ":".join(str(p) for p in self.parts)
+
+
+def parse_community(text: str) -> Community | str:
+    """The community written ``aa:nn`` or ``aa:nn:mm``, or why it is not one."""
+    pieces = text.split(":")
+    if len(pieces) not in (2, 3) or not all(p.isdigit() for p in pieces):
+        return f"{text!r} is not a community (aa:nn or aa:nn:mm)"
+    parts = tuple(int(p) for p in pieces)
+    limit = 65535 if len(parts) == 2 else 4294967295
+    if any(p > limit for p in parts):
+        return f"{text!r}: each part must be within 0..{limit}"
+    return Community(parts)
+
+
+def parse_as_number(f: Fields, name: str, *, required: bool = False) -> int | None:
+    asn = f.int(name, required=required)
+    if asn is not None and not 1 <= asn <= 4294967295:
+        f.error(name, f"{asn} is outside 1..4294967295")
+        return None
+    return asn
+
+
+def parse_port(f: Fields, name: str) -> int | None:
+    port = f.int(name)
+    if port is not None and not 1 <= port <= 65535:
+        f.error(name, f"{port} is outside 1..65535")
+        return None
+    return port

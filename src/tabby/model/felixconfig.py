@@ -1,0 +1,122 @@
+"""``FelixConfiguration``: node settings, as far as tabby reads them (failsafe ports).
+
+Calico v3 shape. ``default`` holds the cluster's settings; ``node.<name>``
+overrides them for one node, field by field. tabby reads
+``failsafeInboundHostPorts`` and ``failsafeOutboundHostPorts`` (lists of
+``{protocol, port, net}``; an empty list turns failsafe off) and keeps every
+other field as written, so Calico manifests apply unchanged.
+
+Failsafe ports stay open on host endpoints whatever the policies say:
+inbound TCP 22, 179, 2379, 2380, 5473, 6443, 6666, 6667 and UDP 68;
+outbound TCP 179, 2379, 2380, 5473, 6443, 6666, 6667 and UDP 53, 67.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+from tabby.model.base import CALICO_API, TABBY_GROUP, KindInfo, ObjectMeta, Resource, register
+from tabby.model.fields import Fields
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+FAILSAFE_FIELDS = ("failsafeInboundHostPorts", "failsafeOutboundHostPorts")
+
+
+@dataclass(frozen=True, slots=True)
+class ProtoPort:
+    protocol: str  # "TCP" | "UDP" | "SCTP"
+    port: int
+    net: IPNetwork | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"protocol": self.protocol, "port": self.port}
+        if self.net is not None:
+            out["net"] = str(self.net)
+        return out
+
+
+def _pp(text: str) -> tuple[ProtoPort, ...]:
+    out = []
+    for item in text.split():
+        proto, _, port = item.partition(":")
+        out.append(ProtoPort(proto, int(port)))
+    return tuple(out)
+
+
+DEFAULT_FAILSAFE_IN = _pp("TCP:22 UDP:68 TCP:179 TCP:2379 TCP:2380 TCP:5473 TCP:6443 "
+                          "TCP:6666 TCP:6667")
+DEFAULT_FAILSAFE_OUT = _pp("UDP:53 UDP:67 TCP:179 TCP:2379 TCP:2380 TCP:5473 TCP:6443 "
+                           "TCP:6666 TCP:6667")
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class FelixConfiguration(Resource):
+    KIND = KindInfo("FelixConfiguration", TABBY_GROUP, "v1", "felixconfigurations",
+                    namespaced=False, aliases=(CALICO_API,), short_names=("felixconfig",))
+    meta: ObjectMeta
+    failsafe_inbound: tuple[ProtoPort, ...] | None = None  # None: not set here
+    failsafe_outbound: tuple[ProtoPort, ...] | None = None
+    raw_spec: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse_body(cls, meta: ObjectMeta, top: Fields) -> Self:
+        raw = top.raw("spec")
+        f = top.map("spec")
+        inbound = _ports(f, FAILSAFE_FIELDS[0])
+        outbound = _ports(f, FAILSAFE_FIELDS[1])
+        f.finish(ignore_unknown=True)  # other Felix settings are kept, not interpreted
+        top.raw("status")
+        return cls(meta=meta, failsafe_inbound=inbound, failsafe_outbound=outbound,
+                   raw_spec=dict(raw) if isinstance(raw, dict) else {})
+
+    def body(self) -> dict[str, Any]:
+        spec = dict(self.raw_spec)
+        for key, value in zip(FAILSAFE_FIELDS, (self.failsafe_inbound, self.failsafe_outbound),
+                              strict=True):
+            if value is not None:
+                spec[key] = [p.to_dict() for p in value]
+        return {"spec": spec}
+
+
+def _ports(f: Fields, name: str) -> tuple[ProtoPort, ...] | None:
+    if not f.has(name):
+        f.raw(name)
+        return None
+    out = []
+    for path, item in f.list(name):
+        p = Fields(item, path, f.errors)
+        proto = p.str("protocol", "TCP").upper()
+        if proto not in ("TCP", "UDP", "SCTP"):
+            p.error("protocol", f"{proto!r} is not one of TCP, UDP, SCTP")
+        port = p.int("port", required=True) or 0
+        if not 0 < port < 65536:
+            p.error("port", f"{port} is outside 1..65535")
+        net_text = p.str("net")
+        net = None
+        if net_text:
+            try:
+                net = ipaddress.ip_network(net_text, strict=False)
+            except ValueError:
+                p.error("net", f"{net_text!r} is not a CIDR")
+        p.finish()
+        out.append(ProtoPort(proto, port, net))
+    return tuple(out)
+
+
+def failsafe_ports(configs: tuple[FelixConfiguration, ...], node: str
+                   ) -> tuple[tuple[ProtoPort, ...], tuple[ProtoPort, ...]]:
+    """(inbound, outbound) for ``node``: ``node.<node>`` over ``default`` over built-ins."""
+    by_name = {c.meta.name: c for c in configs}
+    inbound, outbound = DEFAULT_FAILSAFE_IN, DEFAULT_FAILSAFE_OUT
+    for name in ("default", f"node.{node}"):
+        cfg = by_name.get(name)
+        if cfg is None:
+            continue
+        if cfg.failsafe_inbound is not None:
+            inbound = cfg.failsafe_inbound
+        if cfg.failsafe_outbound is not None:
+            outbound = cfg.failsafe_outbound
+    return inbound, outbound

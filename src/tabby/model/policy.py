@@ -1,0 +1,167 @@
+"""tabby's ``NetworkPolicy`` (namespaced) and ``GlobalNetworkPolicy``, Calico v3 shaped.
+
+apiVersion ``tabby.dev/v1`` (``projectcalico.org/v3`` accepted). The spec:
+``order`` (lower first; absent = last), ``selector`` (which endpoints the
+policy applies to), ``types`` (Ingress, Egress; defaults as Calico: Ingress
+when there are no egress rules, Egress when there are only egress rules,
+both when there are both), ``ingress`` / ``egress`` rules
+(``tabby.model.policyrules``), ``serviceAccountSelector``; the global kind
+adds ``namespaceSelector``, ``doNotTrack``, ``preDNAT`` and
+``applyOnForward``. Only the ``default`` tier exists.
+
+The Kubernetes ``networking.k8s.io/v1`` NetworkPolicy is another kind
+(``tabby.model.k8spolicy``); both meet in ``tabby.policy``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Self
+
+from tabby.model.base import CALICO_API, TABBY_GROUP, KindInfo, ObjectMeta, Resource, register
+from tabby.model.fields import Fields
+from tabby.model.policyrules import Rule, check_selector, parse_rules
+
+TYPES = ("Ingress", "Egress")
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySpec:
+    order: float | None = None
+    selector: str = ""
+    types: tuple[str, ...] = ("Ingress",)
+    ingress: tuple[Rule, ...] = ()
+    egress: tuple[Rule, ...] = ()
+    service_account_selector: str = ""
+    namespace_selector: str = ""  # GlobalNetworkPolicy only
+    do_not_track: bool = False
+    pre_dnat: bool = False
+    apply_on_forward: bool = False
+
+    def to_dict(self, *, global_: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.order is not None:
+            out["order"] = int(self.order) if self.order == int(self.order) else self.order
+        out["selector"] = self.selector or "all()"
+        if self.service_account_selector:
+            out["serviceAccountSelector"] = self.service_account_selector
+        if global_ and self.namespace_selector:
+            out["namespaceSelector"] = self.namespace_selector
+        out["types"] = list(self.types)
+        if self.ingress:
+            out["ingress"] = [r.to_dict() for r in self.ingress]
+        if self.egress:
+            out["egress"] = [r.to_dict() for r in self.egress]
+        if global_:
+            for key, value in (("doNotTrack", self.do_not_track), ("preDNAT", self.pre_dnat),
+                               ("applyOnForward", self.apply_on_forward)):
+                if value:
+                    out[key] = True
+        return out
+
+
+def default_types(ingress: tuple[Rule, ...], egress: tuple[Rule, ...]) -> tuple[str, ...]:
+    """Calico's defaults when ``types`` is absent."""
+    if egress and ingress:
+        return ("Ingress", "Egress")
+    if egress:
+        return ("Egress",)
+    return ("Ingress",)
+
+
+def parse_spec(f: Fields, *, global_: bool) -> PolicySpec:
+    tier = f.str("tier", "default")
+    if tier not in ("", "default"):
+        f.error("tier", f"{tier!r}: only the default tier exists in tabby")
+    order = _order(f)
+    sel = f.str("selector").strip()
+    if sel:
+        check_selector(f, "selector", sel)
+    sa_sel = f.str("serviceAccountSelector").strip()
+    if sa_sel:
+        check_selector(f, "serviceAccountSelector", sa_sel)
+    ns_sel = ""
+    if global_:
+        ns_sel = f.str("namespaceSelector").strip()
+        if ns_sel:
+            check_selector(f, "namespaceSelector", ns_sel)
+    ingress = parse_rules(f, "ingress")
+    egress = parse_rules(f, "egress")
+    types = _types(f, ingress, egress)
+    dnt = pre = forward = False
+    if global_:
+        dnt = f.bool("doNotTrack")
+        pre = f.bool("preDNAT")
+        forward = f.bool("applyOnForward")
+        if dnt and pre:
+            f.error("preDNAT", "cannot be combined with doNotTrack")
+        if (dnt or pre) and not forward:
+            f.error("applyOnForward", "must be true for doNotTrack and preDNAT policies")
+        if pre and (egress or "Egress" in types):
+            f.error("egress", "preDNAT policies have ingress rules only")
+    f.raw("performanceHints")
+    f.finish()
+    return PolicySpec(order=order, selector=sel, types=types, ingress=ingress, egress=egress,
+                      service_account_selector=sa_sel, namespace_selector=ns_sel,
+                      do_not_track=dnt, pre_dnat=pre, apply_on_forward=forward)
+
+
+def _order(f: Fields) -> float | None:
+    value = f.raw("order")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        f.error("order", f"must be a number, not {type(value).__name__}")
+        return None
+    return float(value)
+
+
+def _types(f: Fields, ingress: tuple[Rule, ...], egress: tuple[Rule, ...]) -> tuple[str, ...]:
+    if not f.has("types"):
+        f.raw("types")
+        return default_types(ingress, egress)
+    types = f.str_list("types")
+    for t in types:
+        if t not in TYPES:
+            f.error("types", f"{t!r} is not one of Ingress, Egress")
+    if len(set(types)) != len(types):
+        f.error("types", "lists a type twice")
+    if ingress and "Ingress" not in types:
+        f.error("ingress", "has rules but types does not list Ingress")
+    if egress and "Egress" not in types:
+        f.error("egress", "has rules but types does not list Egress")
+    return tuple(t for t in TYPES if t in types)
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class NetworkPolicy(Resource):
+    """tabby's (Calico's) namespaced policy: ``networkpolicy.tabby.dev``."""
+
+    KIND = KindInfo("NetworkPolicy", TABBY_GROUP, "v1", "networkpolicies", namespaced=True,
+                    aliases=(CALICO_API,), short_names=("cnp", "tnp"))
+    meta: ObjectMeta
+    spec: PolicySpec = PolicySpec()
+
+    @classmethod
+    def parse_body(cls, meta: ObjectMeta, top: Fields) -> Self:
+        return cls(meta=meta, spec=parse_spec(top.map("spec"), global_=False))
+
+    def body(self) -> dict[str, Any]:
+        return {"spec": self.spec.to_dict(global_=False)}
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class GlobalNetworkPolicy(Resource):
+    KIND = KindInfo("GlobalNetworkPolicy", TABBY_GROUP, "v1", "globalnetworkpolicies",
+                    namespaced=False, aliases=(CALICO_API,), short_names=("gnp",))
+    meta: ObjectMeta
+    spec: PolicySpec = PolicySpec()
+
+    @classmethod
+    def parse_body(cls, meta: ObjectMeta, top: Fields) -> Self:
+        return cls(meta=meta, spec=parse_spec(top.map("spec"), global_=True))
+
+    def body(self) -> dict[str, Any]:
+        return {"spec": self.spec.to_dict(global_=True)}

@@ -1,0 +1,51 @@
+"""Network policy: Kubernetes NetworkPolicy and tabby's (Calico's) policies.
+
+::
+
+    model objects --convert--> Policy --compile--> CompiledPolicy (IR rules, tabby.policy.ir)
+    snapshot --program--> PolicyProgram: LabelIndex (entities, selectors as bitmasks),
+                          SetBook (set members), per endpoint and stage the policy order
+                              |                               |
+               nftables.render_program (render.py)     explain.explain
+               the node's part of ``inet tabby``       verdict + deciding policy and rule
+
+The compiler and ``explain`` read the same IR rules, the same set members and
+the same per-endpoint policy order: ``explain`` is an evaluator of what the
+kernel is given, not a second implementation.
+
+Public API (stable; the conformance suite, the lab and the benchmarks use it):
+
+- ``tabby.policy.nftables.desired_policy(snapshot, node) -> Ruleset`` (pure; registered
+  as an nftables contributor), ``render_program(program)``, ``policy_chain_name``,
+  ``reset_caches()``;
+- ``tabby.policy.program.build_program(snapshot, node | None) -> PolicyProgram``;
+- ``tabby.policy.explain.explain(program, source, destination, protocol, port, *,
+  family=None, source_port=None, icmp=None) -> Explanation`` (``.verdict``,
+  ``.egress`` / ``.ingress`` Decisions, ``.to_dict()`` = ``tabby policy explain -o json``),
+  ``find_pod(program, ns, pod)``, ``evaluate(program, entity, direction, packet)``;
+- ``tabby.policy.synthetic``: ``cluster(policies, endpoints, nodes)``, ``with_pod``,
+  ``with_policy``, ``snapshot_of``, ``from_yaml``, ``pod_endpoint`` (test and bench data).
+
+Readings of Calico where the brief left a choice:
+
+- One tier (``default``). ``Pass`` skips the remaining policies to the endpoint's
+  profile. A pod's profile is its namespace's, which allows: Pass = allowed (but
+  not by any later policy). Host endpoints have no profile unless they list
+  ``projectcalico-default-allow``: Pass = denied.
+- Kubernetes policies have order 1000; policies without ``order`` come last; ties by
+  kind and name (``gnp/...`` < ``knp/...`` < ``np/...``).
+- Traffic from a pod to its own node goes through the pod's egress policy and is then
+  allowed (Calico's DefaultEndpointToHostAction=Accept); it never meets host
+  endpoint policy. Node to pod goes through the pod's ingress policy.
+- Failsafe ports come from a ``FelixConfiguration`` resource (``default``, then
+  ``node.<name>``), fields ``failsafeInboundHostPorts`` / ``failsafeOutboundHostPorts``;
+  absent: Calico's defaults.
+- Host endpoints: forwarded traffic meets only ``applyOnForward`` policies (none:
+  open); preDNAT and doNotTrack policies have no default deny (no match: go on);
+  ``interfaceName: '*'`` is refused. Replies of allowed connections pass
+  (conntrack); untracked traffic is accepted by the filter chains like Calico.
+- ICMPv6 neighbour discovery and MLD always pass (link-local ones even through
+  anti-spoofing), or IPv6 would die under a default deny.
+- Marks: bits 0x10000 (allow) and 0x20000 (pass) of the packet mark, cleared before
+  and after use; no other feature may use them.
+"""
