@@ -23,6 +23,7 @@ agent adopts the routes in place.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -234,6 +235,10 @@ class Agent:
             m.ready.set(1)
             log.info("first sync done: %d routes desired, %d endpoints", len(desired),
                      len(snapshot.local_endpoints(self.node)))
+            # The cache and the computed state are long-lived: move them out of the
+            # cyclic collector's reach, or its full passes (~150 ms at 10k services,
+            # measured) land on random CNI requests and incremental updates.
+            gc.freeze()
         return not problems
 
     def _refresh_endpoints(self, snapshot: Snapshot) -> int:
