@@ -75,9 +75,14 @@ def resources(t: Topology) -> list[Resource]:
     """BGPConfiguration ``default`` and the BGPPeers of the lab's mode."""
     if t.bgp == "none":
         return []
+    from tabby.lab.services import CLUSTER_RANGES, LB_POOLS
+    # The lab's service ranges are advertised, as an operator of a BGP fabric
+    # would configure: the outside client reaches ClusterIPs and LB IPs via the ToR.
     docs: list[dict[str, Any]] = [_doc("BGPConfiguration", "default", {
         "asNumber": NODE_AS, "nodeToNodeMeshEnabled": t.bgp == "mesh",
-        "logSeverityScreen": "Info"})]
+        "logSeverityScreen": "Info",
+        "serviceClusterIPs": [{"cidr": str(CLUSTER_RANGES[v])} for v in t.families],
+        "serviceLoadBalancerIPs": [{"cidr": str(LB_POOLS[v][1])} for v in t.families]})]
     if t.bgp == "rr":
         docs.append(_doc("BGPPeer", "peer-with-route-reflectors", {
             "nodeSelector": "all()", "peerSelector": f"{RR_LABEL} == 'true'"}))
