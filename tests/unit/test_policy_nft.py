@@ -193,3 +193,28 @@ def test_random_update_sequences_match_fresh_computations() -> None:
     for k, (a, b) in enumerate(zip(incremental, fresh, strict=True)):
         assert a == b, f"step {k}"
     reset_caches()
+
+
+def nets_policy(cidrs: list[str]) -> str:
+    return BASE + f"""---
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {{name: nets, namespace: default}}
+spec:
+  selector: app == 'web'
+  ingress:
+  - action: Allow
+    source: {{nets: [{", ".join(cidrs)}]}}
+"""
+
+
+def test_short_cidr_lists_are_inline_and_long_ones_named_sets() -> None:
+    short = [f"198.18.{i}.0/24" for i in range(0, 16, 2)]  # 8, not adjacent
+    rs = desired_policy(snap(web(1), docs=nets_policy(short)), "node-1")
+    assert "ip saddr { " + ", ".join(short) + " } meta mark set" in render_full(rs)
+    assert not [n for n in rs.sets if n.startswith("pol-n4-")]
+    long = [f"198.18.{i}.0/24" for i in range(0, 18, 2)]  # 9: a named interval set
+    rs = desired_policy(snap(web(1), docs=nets_policy(long)), "node-1")
+    [name] = [n for n in rs.sets if n.startswith("pol-n4-")]
+    assert rs.sets[name].elements == frozenset(long)
+    assert f"ip saddr @{name} meta mark set" in render_full(rs)

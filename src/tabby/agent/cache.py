@@ -15,10 +15,17 @@ those local writes can be newer than watch events still in flight, every
 change is guarded by revision: an event older than what the cache holds for a
 key is ignored, and a removal leaves a tombstone that stops an older PUT from
 resurrecting the object until the watch has passed it.
+
+Snapshots are built by difference: the cache keeps each kind's objects in
+``Snapshot.build``'s order (a sorted list of sort keys beside a dict) and, on
+``snapshot()``, rebuilds the tuples of only the kinds that changed since the
+last one (nothing changed: the same Snapshot object again). The result equals
+``Snapshot.build`` over every object held.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 import threading
 from collections.abc import Iterable
@@ -42,6 +49,11 @@ from tabby.store.client import from_item, key_of
 
 log = logging.getLogger(__name__)
 _CORE = (Node, IPAMBlock, WorkloadEndpoint, Pod, Namespace)
+_FIELDS = {cls.KIND.resource: field for cls, field in (
+    (Node, "nodes"), (IPAMBlock, "blocks"), (WorkloadEndpoint, "endpoints"), (Pod, "pods"),
+    (Namespace, "namespaces"))}
+_BY_NAME = frozenset({Node.KIND.resource, IPAMBlock.KIND.resource, Namespace.KIND.resource})
+SortKey = tuple[str, ...]
 
 # IPAM's bookkeeping is read through the IPAM engine, never by the calculation.
 SKIPPED = frozenset(cls.KIND.resource for cls in (BlockAffinity, IPAMHandle, IPAMConfiguration))
@@ -61,6 +73,7 @@ class StoreCache:
         self._tombstones: dict[Key, int] = {}
         self.revision = 0  # everything up to here is folded in
         self._kinds = kinds()
+        self._sorted = _Sorted()
 
     def load(self) -> int:
         """List every kind afresh; returns the revision to watch from (exclusive)."""
@@ -77,6 +90,9 @@ class StoreCache:
         with self._lock:
             self._objects = objects
             self._tombstones = {}
+            self._sorted = _Sorted()
+            for key, (_, obj) in objects.items():
+                self._sorted.put(key.resource, obj)
             # Lists ran one after another; replaying from the oldest is safe
             # because every change is revision-guarded.
             self.revision = min(revisions) if revisions else 0
@@ -118,15 +134,9 @@ class StoreCache:
             self._remove(key, revision)
 
     def snapshot(self) -> Snapshot:
+        """The frozen calc input: equal to ``Snapshot.build`` over every object held."""
         with self._lock:
-            objects = [obj for _, obj in self._objects.values()]
-        return Snapshot.build(
-            nodes=[o for o in objects if isinstance(o, Node)],
-            blocks=[o for o in objects if isinstance(o, IPAMBlock)],
-            endpoints=[o for o in objects if isinstance(o, WorkloadEndpoint)],
-            pods=[o for o in objects if isinstance(o, Pod)],
-            namespaces=[o for o in objects if isinstance(o, Namespace)],
-            others=[o for o in objects if not isinstance(o, _CORE)])
+            return self._sorted.snapshot()
 
     def endpoints(self) -> list[WorkloadEndpoint]:
         """This node's workload endpoints."""
@@ -142,7 +152,10 @@ class StoreCache:
         if self._tombstones.get(key, 0) >= revision:
             return False
         self._tombstones.pop(key, None)
+        if held is not None:
+            self._sorted.remove(key.resource, held[1])
         self._objects[key] = (revision, obj)
+        self._sorted.put(key.resource, obj)
         return True
 
     def _remove(self, key: Key, revision: int) -> bool:
@@ -150,7 +163,11 @@ class StoreCache:
         if held is not None and held[0] > revision:
             return False  # we hold something newer than this deletion
         self._tombstones[key] = max(self._tombstones.get(key, 0), revision)
-        return self._objects.pop(key, None) is not None
+        gone = self._objects.pop(key, None)
+        if gone is None:
+            return False
+        self._sorted.remove(key.resource, gone[1])
+        return True
 
     @staticmethod
     def _parse(cls: type[Resource], item: Item) -> Resource | None:
@@ -159,3 +176,54 @@ class StoreCache:
         except ValidationError as exc:
             log.warning("ignoring invalid %s in the store: %s", item.key, exc)
             return None
+
+
+def _sort_key(resource: str, obj: Resource) -> SortKey:
+    """``Snapshot.build``'s order within one kind."""
+    if resource in _BY_NAME:
+        return (obj.meta.name,)
+    return (obj.meta.namespace, obj.meta.name)
+
+
+class _Sorted:
+    """Every held object per kind in snapshot order; a kind's tuple is rebuilt only
+    after it changed (the caller holds the cache's lock)."""
+
+    def __init__(self) -> None:
+        self.order: dict[str, list[SortKey]] = {}  # per resource, sorted
+        self.members: dict[str, dict[SortKey, Resource]] = {}
+        self.tuples: dict[str, tuple[Resource, ...]] = {}
+        self.dirty: set[str] = set()
+        self.last: Snapshot | None = None
+
+    def put(self, resource: str, obj: Resource) -> None:
+        key = _sort_key(resource, obj)
+        members = self.members.setdefault(resource, {})
+        if key not in members:
+            bisect.insort(self.order.setdefault(resource, []), key)
+        members[key] = obj
+        self.dirty.add(resource)
+
+    def remove(self, resource: str, obj: Resource) -> None:
+        key = _sort_key(resource, obj)
+        members = self.members.get(resource, {})
+        if members.pop(key, None) is None:
+            return
+        order = self.order[resource]
+        del order[bisect.bisect_left(order, key)]
+        self.dirty.add(resource)
+
+    def snapshot(self) -> Snapshot:
+        if self.last is not None and not self.dirty:
+            return self.last
+        for resource in self.dirty:
+            members = self.members.get(resource, {})
+            self.tuples[resource] = tuple(map(members.__getitem__, self.order.get(resource, ())))
+        others = self.last.others if self.last is not None else ()
+        if self.last is None or any(r not in _FIELDS for r in self.dirty):
+            others = tuple(o for r in sorted(self.tuples) if r not in _FIELDS
+                           for o in self.tuples[r])
+        core = {f: self.tuples.get(r, ()) for r, f in _FIELDS.items()}
+        self.dirty = set()
+        self.last = Snapshot(others=others, **core)  # type: ignore[arg-type]
+        return self.last
