@@ -23,6 +23,7 @@ import pytest
 from tabby.lab import builder, frr, system
 from tabby.lab.bgp import bird_dir, birds
 from tabby.lab.pods import LabPods
+from tabby.lab.services import CLUSTER_RANGES, LB_POOLS
 from tabby.lab.state import LabState, load, require
 from tabby.model import IPAMBlock, Node, Pod
 
@@ -66,6 +67,11 @@ def blocks(pods: LabPods) -> dict[str, str]:
 def tor_prefixes(state: LabState, version: int) -> set[str]:
     data = json.loads(frr.vtysh(state, f"show bgp ipv{version} unicast json"))
     return set(data.get("routes", {}))
+
+
+def service_ranges(version: int) -> set[str]:
+    """The lab's ClusterIP and LoadBalancer ranges, which its BGPConfiguration advertises."""
+    return {str(CLUSTER_RANGES[version]), str(LB_POOLS[version][1])}
 
 
 def assert_torn_down(state: LabState) -> None:
@@ -154,7 +160,7 @@ def test_tor_learns_every_block_and_the_outside_reaches_pods(mesh: tuple[LabStat
     state, pods = mesh
     owned = blocks(pods)
     for version in (4, 6):
-        want = {c for c in owned if (":" in c) == (version == 6)}
+        want = {c for c in owned if (":" in c) == (version == 6)} | service_ranges(version)
         wait_for(f"the ToR's IPv{version} routes", lambda v=version, w=want:
                  tor_prefixes(state, v) == w)
     ext = state.topology.ext
@@ -225,7 +231,7 @@ def test_route_reflectors_across_racks() -> None:
                 "route reflector client"} == {"198.18.0.12", "198.18.1.14"}
         check_learned(state, pods, (4,))
         wait_for("the ToR's routes", lambda s=state, p=pods: tor_prefixes(s, 4) == set(
-            blocks(p)))
+            blocks(p)) | service_ranges(4))
         probes = json.loads(tabby("tg2", "lab", "probe", "-o", "json"))["probes"]
         assert len(probes) == 12 and [p for p in probes if not p["connected"]] == []
 

@@ -1,10 +1,10 @@
 """``/healthz`` and ``/metrics`` over plain HTTP, served from a background thread.
 
 ``/healthz`` answers 200 ``ok`` once the agent is ready (first full sync
-done), followed by a line per problem that leaves some pods out (a pool
-the node cannot serve), and 503 with the reason before; ``/metrics`` is Prometheus' text
-format. Anything else is 404. Request logging goes to the ``logging`` module
-at debug level instead of stderr.
+done), followed by a line per problem that leaves some pods out (a pool the
+node cannot serve), and 503 with the reason before; ``/metrics`` is
+Prometheus' text format. Anything else is 404. Request logging goes to the
+``logging`` module at debug level instead of stderr.
 """
 
 from __future__ import annotations
