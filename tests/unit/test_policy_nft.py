@@ -218,3 +218,40 @@ def test_short_cidr_lists_are_inline_and_long_ones_named_sets() -> None:
     [name] = [n for n in rs.sets if n.startswith("pol-n4-")]
     assert rs.sets[name].elements == frozenset(long)
     assert f"ip saddr @{name} meta mark set" in render_full(rs)
+
+
+def test_random_sequences_reusing_objects_match_fresh_computations() -> None:
+    """Unchanged objects kept (identity memos hit); namespace labels change now and then."""
+    import random
+
+    from tabby.policy.nftables import reset_caches
+    rnd = random.Random(7)
+    parsed: dict[str, list[Resource]] = {}
+    team = "a"
+    steps = []
+    for s in _random_steps(3, 120):
+        if rnd.random() < 0.15:
+            team = rnd.choice(["a", "b"])
+        ns_doc = f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: default, labels: " \
+                 f"{{team: {team}}}}}\n---\n" + NS_POLICY
+        others = [o for o in s.others]
+        key = repr([(type(o).__name__, o) for o in others]) + ns_doc
+        objs = parsed.setdefault(key, [*others, *from_yaml(ns_doc)])
+        steps.append(snapshot_of([*objs, *s.endpoints]))
+    reset_caches()
+    incremental = [desired_policy(s, "node-1") for s in steps]
+    for k, s in enumerate(steps):
+        reset_caches()
+        assert desired_policy(s, "node-1") == incremental[k], f"step {k}"
+    reset_caches()
+
+
+NS_POLICY = """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: team, namespace: default}
+spec:
+  podSelector: {matchLabels: {role: client}}
+  ingress:
+  - from: [{namespaceSelector: {matchLabels: {team: a}}}]
+"""

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -224,11 +225,14 @@ class LabelIndex:
         return self._live
 
     def evolve(self, entities: tuple[Entity, ...]) -> LabelIndex:
-        new_ids = {id(e) for e in entities}
-        removed = [slot for eid, slot in self._slot_of.items() if eid not in new_ids]
-        added = [e for e in entities if id(e) not in self._slot_of]
-        if not removed and not added:
+        ids = list(map(id, entities))
+        slot_of = self._slot_of
+        new_ids = set(ids)  # set operations, in C: proportional work is the diff's
+        fresh = new_ids.difference(slot_of)
+        removed = sorted(map(slot_of.__getitem__, slot_of.keys() - new_ids))
+        if not removed and not fresh:
             return self
+        added = list(itertools.compress(entities, map(fresh.__contains__, ids)))
         if (len(removed) + len(added) > max(64, len(entities) // 8)
                 or len(self.slots) + len(added) > 2 * len(entities) + 64):
             return LabelIndex(entities)

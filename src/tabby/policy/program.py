@@ -17,9 +17,11 @@ Workload endpoints only have the normal stage.
 
 from __future__ import annotations
 
+import operator
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from tabby.calc.snapshot import Snapshot
 from tabby.model import (
@@ -91,31 +93,36 @@ def entities_of(snapshot: Snapshot) -> tuple[Entity, ...]:
     """Every entity of the snapshot; an unchanged object gives the same Entity object."""
     ns_labels = namespace_labels(snapshot.namespaces)
     ns_keys = {name: tuple(sorted(labels.items())) for name, labels in ns_labels.items()}
-    memo = _ENTITIES.items
-    get = memo.get
-    fresh: dict[int, tuple[object, object, Entity]] = {}
-    out: list[Entity] = []
-    for ep in snapshot.endpoints:  # the bulk: a tight loop
-        key = id(ep)
-        got = get(key)
-        ns_key = ns_keys.get(ep.meta.namespace)
-        if got is None or got[0] is not ep or got[1] != ns_key:
-            got = (ep, ns_key, wep_entity(ep, ns_labels))
-        fresh[key] = got
-        out.append(got[2])
-    others: list[tuple[Resource, str]] = [
-        *((h, "") for h in snapshot.of(HostEndpoint)),
-        *((n, n.meta.namespace) for n in snapshot.of(NetworkSet)),
-        *((g, "") for g in snapshot.of(GlobalNetworkSet))]
-    for obj, ns in others:
-        ns_key = ns_keys.get(ns) if ns else None
-        got = get(id(obj))
-        if got is None or got[0] is not obj or got[1] != ns_key:
-            got = (obj, ns_key, _entity(obj, ns_labels))
-        fresh[id(obj)] = got
-        out.append(got[2])
-    _ENTITIES.items = fresh
+    memo = _ENTITIES
+    if ns_keys != memo.ns_keys:  # namespace labels changed: every entity afresh
+        memo.items, memo.ns_keys = {}, ns_keys
+    items = memo.items
+    # The bulk, endpoints, in C: look every one up by id (an entry keeps its object
+    # alive, so an id found is that object's), compute only the misses.
+    endpoints = snapshot.endpoints
+    ids = list(map(id, endpoints))
+    found: list[Any] = list(map(items.get, ids))
+    if None in found:
+        for pos, got in enumerate(found):
+            if got is None:
+                ep = endpoints[pos]
+                found[pos] = items[ids[pos]] = (ep, wep_entity(ep, ns_labels))
+    out: list[Entity] = list(map(_SECOND, found))
+    others: list[Resource] = [*snapshot.of(HostEndpoint), *snapshot.of(NetworkSet),
+                              *snapshot.of(GlobalNetworkSet)]
+    for obj in others:
+        got = items.get(id(obj))
+        if got is None:
+            got = items[id(obj)] = (obj, _entity(obj, ns_labels))
+        out.append(got[1])
+    if len(items) > 2 * len(out) + 64:  # forget objects no longer in the snapshot
+        alive = set(ids)
+        alive.update(map(id, others))
+        memo.items = {k: v for k, v in items.items() if k in alive}
     return tuple(out)
+
+
+_SECOND = operator.itemgetter(1)
 
 
 def _entity(obj: object, ns_labels: dict[str, dict[str, str]]) -> Entity:
@@ -133,7 +140,8 @@ class _Entities:
     """Entities by model object (id, with the object kept alive) from the last pass."""
 
     def __init__(self) -> None:
-        self.items: dict[int, tuple[object, object, Entity]] = {}
+        self.items: dict[int, tuple[object, Entity]] = {}
+        self.ns_keys: dict[str, tuple[tuple[str, str], ...]] | None = None
 
 
 class _Indexes:
@@ -173,8 +181,23 @@ def policies_of(snapshot: Snapshot) -> list[CompiledPolicy]:
     out = [_compiled(obj) for obj in objs]
     _COMPILED.prune({id(o) for o in objs})
     found = [c for c in out if c is not None]
-    found.sort(key=lambda c: c.policy.sort_key)
-    return found
+    last = _ORDER.last
+    if len(last) == len(found) and all(map(operator.is_, last, found)):
+        return list(_ORDER.ordered)  # the same policies as last pass: the same order
+    ordered = sorted(found, key=lambda c: c.policy.sort_key)
+    _ORDER.last, _ORDER.ordered = tuple(found), tuple(ordered)
+    return ordered
+
+
+class _Order:
+    """Last pass's compiled policies (as found) and their evaluation order."""
+
+    def __init__(self) -> None:
+        self.last: tuple[CompiledPolicy, ...] = ()
+        self.ordered: tuple[CompiledPolicy, ...] = ()
+
+
+_ORDER = _Order()
 
 
 def stages_of(c: CompiledPolicy) -> tuple[str, ...]:
@@ -204,17 +227,20 @@ def build_program(snapshot: Snapshot, node: str | None) -> PolicyProgram:
         if got is None or got[0] is not c or got[1] != applied:
             got = (c, applied, bits(applied))
         _APPLIED.current[id(c)] = got
+        key = c.key
         stages = stages_of(c)
         directions = [d for d in DIRECTIONS if c.has_type(d)]
+        pairs = [(stage, d) for stage in stages for d in directions
+                 if not (stage == "predNAT" and d == "egress")]
+        wep_pairs = [(stage, d) for stage, d in pairs if stage == "normal"]
         for i in got[2]:
-            is_wep = bool(wep_mask >> i & 1)
-            for stage in stages:
-                if is_wep and stage != "normal":
-                    continue
-                for d in directions:
-                    if stage == "predNAT" and d == "egress":
-                        continue
-                    lists[i].setdefault((stage, d), []).append(c.key)
+            by_stage = lists[i]
+            for pair in (wep_pairs if wep_mask >> i & 1 else pairs):
+                got_list = by_stage.get(pair)
+                if got_list is None:
+                    by_stage[pair] = [key]
+                else:
+                    got_list.append(key)
     endpoints = {}
     for i, by_stage in lists.items():
         e = slots[i]
@@ -265,5 +291,6 @@ def _compiled(obj: Resource) -> CompiledPolicy | None:
 
 def reset_caches() -> None:
     """Forget every memo (tests compare incremental results with fresh ones)."""
-    global _ENTITIES, _INDEXES, _APPLIED, _COMPILED
+    global _ENTITIES, _INDEXES, _APPLIED, _COMPILED, _ORDER
     _ENTITIES, _INDEXES, _APPLIED, _COMPILED = _Entities(), _Indexes(), _Applied(), _Memo()
+    _ORDER = _Order()
