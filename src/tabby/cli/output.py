@@ -14,6 +14,8 @@ from typing import Any
 import yaml
 
 from tabby.model import (
+    BGPConfiguration,
+    BGPPeer,
     BlockAffinity,
     IPAMBlock,
     IPPool,
@@ -72,7 +74,23 @@ def _pod_ips(pod: Pod) -> str:
     return ",".join(str(ip) for ip in pod.status.pod_ips) or "<none>"
 
 
+def _ranges(nets: tuple[object, ...]) -> str:
+    return ",".join(str(n) for n in nets) or "<none>"
+
+
 COLUMNS: dict[type[Resource], list[Column]] = {
+    BGPConfiguration: [
+        ("ASN", lambda c: str(c.spec.as_number) if c.spec.as_number is not None else "64512"),
+        ("MESH", lambda c: "false" if c.spec.node_to_node_mesh is False else "true"),
+        ("CLUSTER-IPS", lambda c: _ranges(c.spec.service_cluster_ips)),
+        ("LB-IPS", lambda c: _ranges(c.spec.service_load_balancer_ips)),
+    ],
+    BGPPeer: [
+        ("PEER", lambda p: str(p.spec.peer_ip) if p.spec.peer_ip else p.spec.peer_selector
+         or "<none>"),
+        ("ASN", lambda p: str(p.spec.as_number) if p.spec.as_number is not None else "<node's>"),
+        ("NODE", lambda p: p.spec.node or p.spec.node_selector or "all()"),
+    ],
     IPPool: [
         ("CIDR", lambda p: str(p.spec.cidr)),
         ("BLOCKSIZE", lambda p: str(p.spec.block_size)),
