@@ -166,3 +166,31 @@ def test_ipam_show_check_release(store: str, tmp_path: Path,
     assert code == 0 and out.strip() == f"released {v4}"
     code, _, err = run(capsys, "ipam", "release", "--ip", v4)
     assert code == 1 and "not allocated" in err
+
+
+def test_deleting_a_node_releases_its_blocks(store: str, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from tabby.ipam import IPAM
+    from tabby.model import IPAMBlock
+    from tabby.store import open_store
+    from tabby.store.client import Client
+
+    run(capsys, "apply", "-f", write(tmp_path, POOLS))
+    run(capsys, "apply", "-f", write(tmp_path, """\
+apiVersion: tabby.dev/v1
+kind: Node
+metadata: {name: node-1}
+""", "node.yaml"))
+    client = Client(open_store(store))
+    ipam = IPAM(client)
+    held = ipam.assign("net.c1.eth0", "node-1", num_v4=1, num_v6=0)
+    ipam.assign("net.c2.eth0", "node-1", num_v4=0, num_v6=1)
+    ipam.release_handle("net.c2.eth0")  # leaves node-1's IPv6 block empty
+    code, out, _ = run(capsys, "delete", "node", "node-1")
+    assert code == 0
+    assert out.splitlines() == ["node/node-1 deleted",
+                                "released 2 IPAM block affinities of node node-1"]
+    blocks = client.list(IPAMBlock)
+    # The empty block is gone; the one still holding an address stays, unclaimed.
+    assert [(str(b.spec.cidr), b.node) for b in blocks] == [(str(held.blocks[0]), None)]
+    assert ipam.affine_blocks("node-1") == ()

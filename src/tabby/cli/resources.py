@@ -20,7 +20,16 @@ from tabby.calc.ipip import ipip_warning
 from tabby.cli import output
 from tabby.cli.context import open_client, running_lab
 from tabby.errors import FieldError, NotFound, TabbyError, ValidationError
-from tabby.model import IPPool, Namespace, Pod, Resource, Service, parse_manifest, resolve_kind
+from tabby.model import (
+    IPPool,
+    Namespace,
+    Node,
+    Pod,
+    Resource,
+    Service,
+    parse_manifest,
+    resolve_kind,
+)
 from tabby.store.client import Client
 
 
@@ -191,6 +200,18 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 # -- delete --------------------------------------------------------------------
 
+def _release_node_blocks(client: Client, node: str, errors: list[str]) -> tuple[object, ...]:
+    """A deleted node's blocks go back to the pools (what Calico's node controller does):
+    empty blocks are deleted, blocks still holding addresses lose their affinity."""
+    from tabby.ipam import IPAM
+    try:
+        return tuple(IPAM(client).release_node(node))
+    except TabbyError as exc:
+        errors.append(f"node/{node}: deleted, but releasing its IPAM blocks failed: {exc}"
+                      " (tabby ipam check shows them)")
+        return ()
+
+
 def cmd_delete(args: argparse.Namespace) -> int:
     targets: list[tuple[type[Resource], str, str]] = []
     errors: list[str] = []
@@ -227,6 +248,10 @@ def cmd_delete(args: argparse.Namespace) -> int:
             errors.append(f"{label}: {exc}")
             continue
         print(f"{label} deleted")
+        if cls is Node:
+            released = _release_node_blocks(client, name, errors)
+            if released:
+                print(f"released {len(released)} IPAM block affinities of node {name}")
     for line in errors:
         print(f"error: {line}", file=sys.stderr)
     return 1 if errors else 0
