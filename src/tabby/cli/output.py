@@ -17,9 +17,15 @@ from tabby.model import (
     BGPConfiguration,
     BGPPeer,
     BlockAffinity,
+    GlobalNetworkPolicy,
+    GlobalNetworkSet,
+    HostEndpoint,
     IPAMBlock,
     IPPool,
+    K8sNetworkPolicy,
     Namespace,
+    NetworkPolicy,
+    NetworkSet,
     Node,
     Pod,
     Resource,
@@ -78,7 +84,23 @@ def _ranges(nets: tuple[object, ...]) -> str:
     return ",".join(str(n) for n in nets) or "<none>"
 
 
+def _order(order: float | None) -> str:
+    if order is None:
+        return "<none>"
+    return str(int(order)) if order == int(order) else str(order)
+
+
 COLUMNS: dict[type[Resource], list[Column]] = {
+    K8sNetworkPolicy: [("POD-SELECTOR", lambda p: p.spec.pod_selector.to_selector())],
+    NetworkPolicy: [("ORDER", lambda p: _order(p.spec.order)),
+                    ("SELECTOR", lambda p: p.spec.selector or "all()")],
+    GlobalNetworkPolicy: [("ORDER", lambda p: _order(p.spec.order)),
+                          ("SELECTOR", lambda p: p.spec.selector or "all()")],
+    HostEndpoint: [("NODE", lambda h: h.spec.node),
+                   ("INTERFACE", lambda h: h.spec.interface_name or "<none>"),
+                   ("IPS", lambda h: _ranges(h.spec.expected_ips))],
+    NetworkSet: [("NETS", lambda n: _ranges(n.nets))],
+    GlobalNetworkSet: [("NETS", lambda n: _ranges(n.nets))],
     BGPConfiguration: [
         ("ASN", lambda c: str(c.spec.as_number) if c.spec.as_number is not None else "64512"),
         ("MESH", lambda c: "false" if c.spec.node_to_node_mesh is False else "true"),

@@ -15,41 +15,11 @@ import ipaddress
 import json
 
 from tabby.agent.cache import StoreCache
-from tabby.cli import output
 from tabby.cli.context import open_client
 from tabby.errors import TabbyError
-from tabby.model import (
-    GlobalNetworkPolicy,
-    GlobalNetworkSet,
-    HostEndpoint,
-    K8sNetworkPolicy,
-    NetworkPolicy,
-    NetworkSet,
-)
 from tabby.policy.explain import Decision, Explanation, explain, find_pod, protocol_number
 from tabby.policy.index import Entity
 from tabby.policy.program import build_program
-
-
-def _order(order: float | None) -> str:
-    if order is None:
-        return "<none>"
-    return str(int(order)) if order == int(order) else str(order)
-
-
-# ``tabby get`` columns of the policy kinds (this module is imported with every CLI run).
-output.COLUMNS.update({
-    K8sNetworkPolicy: [("POD-SELECTOR", lambda p: p.spec.pod_selector.to_selector())],
-    NetworkPolicy: [("ORDER", lambda p: _order(p.spec.order)),
-                    ("SELECTOR", lambda p: p.spec.selector or "all()")],
-    GlobalNetworkPolicy: [("ORDER", lambda p: _order(p.spec.order)),
-                          ("SELECTOR", lambda p: p.spec.selector or "all()")],
-    HostEndpoint: [("NODE", lambda h: h.spec.node),
-                   ("INTERFACE", lambda h: h.spec.interface_name or "<none>"),
-                   ("IPS", lambda h: ",".join(map(str, h.spec.expected_ips)) or "<none>")],
-    NetworkSet: [("NETS", lambda n: ",".join(map(str, n.nets)))],
-    GlobalNetworkSet: [("NETS", lambda n: ",".join(map(str, n.nets)))],
-})
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

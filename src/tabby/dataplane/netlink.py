@@ -362,14 +362,8 @@ class Netlink:
     def neighbours(self, name: str, version: int) -> list[Neigh]:
         """ARP (4) or NDP (6) entries on ``name`` that carry an address."""
         index = self._index(name)
-        out = []
-        for msg in self._call("neigh_dump", name, "neigh", "dump", ifindex=index,
-                              family=_FAMILY[version]):
-            dst, mac = msg.get("NDA_DST"), msg.get("NDA_LLADDR")
-            if msg["ifindex"] == index and dst and mac:
-                out.append(Neigh(ipaddress.ip_address(dst), str(mac),
-                                 bool(msg["state"] & NUD_PERMANENT)))
-        return out
+        return _entries(self._call("neigh_dump", name, "neigh", "dump", ifindex=index,
+                                   family=_FAMILY[version]), index)
 
     def replace_neighbour(self, name: str, address: IPAddress, mac: str) -> None:
         """A permanent entry ``address`` -> ``mac`` on ``name``."""
@@ -391,13 +385,7 @@ class Netlink:
     def fdb(self, name: str) -> list[Neigh]:
         """FDB entries of ``name`` that send a MAC to a remote address (VXLAN)."""
         index = self._index(name)
-        out = []
-        for msg in self._call("fdb_dump", name, "fdb", "dump", ifindex=index):
-            dst, mac = msg.get("NDA_DST"), msg.get("NDA_LLADDR")
-            if msg["ifindex"] == index and dst and mac:
-                out.append(Neigh(ipaddress.ip_address(dst), str(mac),
-                                 bool(msg["state"] & NUD_PERMANENT)))
-        return out
+        return _entries(self._call("fdb_dump", name, "fdb", "dump", ifindex=index), index)
 
     def replace_fdb(self, name: str, mac: str, dst: IPAddress) -> None:
         """A static entry: frames for ``mac`` go to ``dst`` (``bridge fdb replace ... self``)."""
@@ -558,3 +546,14 @@ def _route(msg: Any, version: int) -> KernelRoute | None:
         priority=msg.get("RTA_PRIORITY"),
         onlink=bool(msg["flags"] & RTNH_F_ONLINK),
     )
+
+
+def _entries(msgs: Any, index: int) -> list[Neigh]:
+    """Neighbour or FDB messages of interface ``index`` that map an address to a MAC."""
+    out = []
+    for msg in msgs:
+        dst, mac = msg.get("NDA_DST"), msg.get("NDA_LLADDR")
+        if msg["ifindex"] == index and dst and mac:
+            out.append(Neigh(ipaddress.ip_address(dst), str(mac),
+                             bool(msg["state"] & NUD_PERMANENT)))
+    return out

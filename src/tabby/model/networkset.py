@@ -28,41 +28,34 @@ def parse_net_list(f: Fields, name: str) -> tuple[IPNetwork, ...]:
     return tuple(out)
 
 
+@dataclass(frozen=True, slots=True)
+class _Nets(Resource):
+    """What NetworkSet and GlobalNetworkSet share: a list of nets (their scope differs)."""
+
+    meta: ObjectMeta
+    nets: tuple[IPNetwork, ...] = ()
+
+    @classmethod
+    def parse_body(cls, meta: ObjectMeta, top: Fields) -> Self:
+        f = top.map("spec")
+        nets = parse_net_list(f, "nets")
+        f.raw("allowedEgressDomains")
+        f.finish()
+        return cls(meta=meta, nets=nets)
+
+    def body(self) -> dict[str, Any]:
+        return {"spec": {"nets": [str(n) for n in self.nets]}}
+
+
 @register
 @dataclass(frozen=True, slots=True)
-class NetworkSet(Resource):
+class NetworkSet(_Nets):
     KIND = KindInfo("NetworkSet", TABBY_GROUP, "v1", "networksets", namespaced=True,
                     aliases=(CALICO_API,), short_names=("netset",))
-    meta: ObjectMeta
-    nets: tuple[IPNetwork, ...] = ()
-
-    @classmethod
-    def parse_body(cls, meta: ObjectMeta, top: Fields) -> Self:
-        f = top.map("spec")
-        nets = parse_net_list(f, "nets")
-        f.raw("allowedEgressDomains")
-        f.finish()
-        return cls(meta=meta, nets=nets)
-
-    def body(self) -> dict[str, Any]:
-        return {"spec": {"nets": [str(n) for n in self.nets]}}
 
 
 @register
 @dataclass(frozen=True, slots=True)
-class GlobalNetworkSet(Resource):
+class GlobalNetworkSet(_Nets):
     KIND = KindInfo("GlobalNetworkSet", TABBY_GROUP, "v1", "globalnetworksets",
                     namespaced=False, aliases=(CALICO_API,), short_names=("gnetset",))
-    meta: ObjectMeta
-    nets: tuple[IPNetwork, ...] = ()
-
-    @classmethod
-    def parse_body(cls, meta: ObjectMeta, top: Fields) -> Self:
-        f = top.map("spec")
-        nets = parse_net_list(f, "nets")
-        f.raw("allowedEgressDomains")
-        f.finish()
-        return cls(meta=meta, nets=nets)
-
-    def body(self) -> dict[str, Any]:
-        return {"spec": {"nets": [str(n) for n in self.nets]}}

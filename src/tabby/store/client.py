@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from tabby.errors import Conflict, NotFound
-from tabby.model import IPPool, Resource, check_pools, kind_for_resource
+from tabby.model import IPPool, Resource, check_pools
 from tabby.store.base import Item, Key, Store
 
 R = TypeVar("R", bound=Resource)
@@ -146,6 +146,3 @@ _ADMISSION: dict[str, Callable[[Client, Resource], None]] = {
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
-
-def typed(resource: str) -> type[Resource]:
-    return kind_for_resource(resource)
