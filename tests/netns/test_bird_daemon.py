@@ -181,7 +181,8 @@ def test_tcp_md5_passwords(pair: tuple[Bird, Bird]) -> None:
     assert a.apply(render_bird_conf(s, "node-a")) == []
     assert b.apply(render_bird_conf(s, "node-b")) == []
     wait_for("sessions with TCP-MD5", lambda: established(b) == 2)
-    assert kernel_routes(B) == {"198.19.0.0/26"}
+    # Established comes before the UPDATE and BIRD's kernel sync: wait for the route.
+    wait_for("node-a's block on node-b", lambda: kernel_routes(B) == {"198.19.0.0/26"})
 
     wrong = parse_manifest({"apiVersion": "v1", "kind": "Secret", "metadata": {
         "name": "bgp", "namespace": "tabby-system"}, "stringData": {"mesh": "other"}})
