@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: bootstrap demo test test-unit test-netns bench lint clean
+.PHONY: bootstrap demo test test-unit test-netns bench lint crds clean
 
 bootstrap:
 	@scripts/bootstrap
@@ -22,6 +22,10 @@ test-netns: bootstrap
 
 bench: bootstrap
 	$(PY) -m bench
+
+# tabby's CustomResourceDefinitions, generated from the model (tests/unit/test_crds.py checks).
+crds: bootstrap
+	$(PY) -m tabby.kube.crds > manifests/crds.yaml
 
 lint: bootstrap
 	.venv/bin/ruff check src tests bench

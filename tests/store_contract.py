@@ -4,10 +4,19 @@ A backend's test module subclasses ``StoreContract`` and provides a ``store``
 fixture. The store may be shared with earlier tests (etcd), so every check is
 relative to the revision read at the start of the test; set
 ``FRESH_STORE = False`` when the fixture does not hand out a brand-new store.
+
+``EXCLUSIVE = False`` is for a store whose revision counter other writers
+advance too (the Kubernetes API: its own leases and events share etcd's
+revision): there every "the next revision" check becomes "a later revision",
+watches over several resources are checked per resource (each in revision
+order, all delivered), and ``create_revision`` is not checked. ``normalize``
+maps a stored value to what the test wrote (a backend may add server-owned
+metadata), and ``DNS_NAMES`` keeps key names to what Kubernetes accepts.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -77,6 +86,43 @@ def check_compaction(store: Store, history: int) -> None:
 
 class StoreContract:
     FRESH_STORE = True
+    EXCLUSIVE = True  # the store's revision moves only with this test's writes
+    DNS_NAMES = False  # key names must be DNS labels (no upper case)
+    EXACT_DELETE_REVISION = True  # delete() returns the deletion's revision, not a bound
+
+    def normalize(self, value: object) -> object:
+        """A stored value as the test wrote it (backends may add server-owned fields)."""
+        return value
+
+    def next_after(self, before: int, after: int) -> None:
+        """``after`` is the revision of the write following revision ``before``."""
+        if self.EXCLUSIVE:
+            assert after == before + 1, (before, after)
+        else:
+            assert after > before, (before, after)
+
+    def at_least(self, current: int, expected: int) -> None:
+        """The store's revision now is ``expected`` (or later, when shared)."""
+        if self.EXCLUSIVE:
+            assert current == expected, (current, expected)
+        else:
+            assert current >= expected, (current, expected)
+
+    def same(self, a: Item, b: Item) -> None:
+        assert (a.key, self.normalize(a.value), a.revision) == (
+            b.key, self.normalize(b.value), b.revision)
+        if self.EXCLUSIVE:
+            assert a.create_revision == b.create_revision
+
+    def written(self, item: Item, key: Key, val: object, before: int,
+                created: int | None = None) -> None:
+        """``item`` is ``val`` under ``key``, written right after revision ``before``
+        (and, for an update, first created at ``created``)."""
+        assert item.key == key
+        assert self.normalize(item.value) == self.normalize(val)
+        self.next_after(before, item.revision)
+        if self.EXCLUSIVE:
+            assert item.create_revision == (item.revision if created is None else created)
 
     # -- get / create ---------------------------------------------------------------
 
@@ -94,16 +140,16 @@ class StoreContract:
     def test_create_then_get(self, store: Store) -> None:
         r0 = store.revision()
         item = store.create(POD_A, value(1))
-        assert item == Item(POD_A, value(1), r0 + 1, r0 + 1)
-        assert store.get(POD_A) == item
-        assert store.revision() == r0 + 1
+        self.written(item, POD_A, value(1), r0)
+        self.same(store.get(POD_A), item)
+        self.at_least(store.revision(), item.revision)
 
     def test_create_existing_is_conflict_and_changes_nothing(self, store: Store) -> None:
         first = store.create(POD_A, value(1))
         with pytest.raises(Conflict):
             store.create(POD_A, value(2))
-        assert store.get(POD_A) == first
-        assert store.revision() == first.revision
+        self.same(store.get(POD_A), first)
+        self.at_least(store.revision(), first.revision)
 
     def test_values_round_trip_and_are_copied(self, store: Store) -> None:
         doc: dict[str, object] = {
@@ -116,7 +162,7 @@ class StoreContract:
                     "spec": {"int": 2**40, "float": 1.5, "bool": True, "none": None,
                              "list": [1, "two", {"three": [3]}], "empty": {}}}
         doc["spec"] = "changed after the write"
-        assert store.get(POD_A).value == expected
+        assert self.normalize(store.get(POD_A).value) == self.normalize(expected)
 
     # -- list -----------------------------------------------------------------------
 
@@ -128,6 +174,8 @@ class StoreContract:
             Key("pods", "", "web-0"), Key("pods", "", "Web-9"),
             Key("podsx", "a", "web-1"), Key("services", "a", "web-1"),
         ]
+        if self.DNS_NAMES:  # a namespaced kind has no keys outside namespaces there
+            keys = [k for k in keys if k.namespace and k.name == k.name.lower()]
         for i, key in enumerate(keys):
             store.create(key, value(i))
         return keys
@@ -136,8 +184,9 @@ class StoreContract:
         keys = self._populate(store)
         listing = store.list("pods")
         assert [i.key for i in listing] == sorted(k for k in keys if k.resource == "pods")
-        assert listing.revision == store.revision()
-        assert all(i.value == value(keys.index(i.key)) for i in listing)
+        self.at_least(store.revision(), listing.revision)
+        assert all(self.normalize(i.value) == self.normalize(value(keys.index(i.key)))
+                   for i in listing)
         assert [i.key for i in store.list("services")] == [Key("services", "a", "web-1")]
         assert len(store.list("nothing")) == 0
 
@@ -145,17 +194,21 @@ class StoreContract:
         self._populate(store)
         assert [i.key.name for i in store.list("pods", "a")] == ["db", "web-1", "web-2"]
         assert [i.key.name for i in store.list("pods", "ab")] == ["web-1"]
-        assert [i.key.name for i in store.list("pods", "")] == ["Web-9", "web-0"]
+        if not self.DNS_NAMES:
+            assert [i.key.name for i in store.list("pods", "")] == ["Web-9", "web-0"]
         assert len(store.list("pods", "zzz")) == 0
 
     def test_list_by_name_prefix(self, store: Store) -> None:
         self._populate(store)
-        assert [str(i.key) for i in store.list("pods", prefix="web")] == [
-            "pods/web-0", "pods/a/web-1", "pods/a/web-2", "pods/ab/web-1", "pods/ab-x/web-1",
-            "pods/b/webby"]
+        expected = ["pods/web-0", "pods/a/web-1", "pods/a/web-2", "pods/ab/web-1",
+                    "pods/ab-x/web-1", "pods/b/webby"]
+        if self.DNS_NAMES:
+            expected.remove("pods/web-0")
+        assert [str(i.key) for i in store.list("pods", prefix="web")] == expected
         assert [i.key.name for i in store.list("pods", "a", "web-")] == ["web-1", "web-2"]
         assert [i.key.name for i in store.list("pods", "b", "web")] == ["webby"]
-        assert [i.key.name for i in store.list("pods", "", "W")] == ["Web-9"]
+        if not self.DNS_NAMES:
+            assert [i.key.name for i in store.list("pods", "", "W")] == ["Web-9"]
         assert len(store.list("pods", "a", "nope")) == 0
 
     # -- update / delete ------------------------------------------------------------
@@ -163,14 +216,14 @@ class StoreContract:
     def test_update_is_compare_and_swap(self, store: Store) -> None:
         created = store.create(POD_A, value(1))
         updated = store.update(POD_A, value(2), created.revision)
-        assert updated == Item(POD_A, value(2), created.revision + 1, created.revision)
-        assert store.get(POD_A) == updated
+        self.written(updated, POD_A, value(2), created.revision, created=created.revision)
+        self.same(store.get(POD_A), updated)
         with pytest.raises(Conflict):
             store.update(POD_A, value(3), created.revision)  # stale
         with pytest.raises(Conflict):
             store.update(POD_A, value(3), updated.revision + 100)  # from the future
-        assert store.get(POD_A) == updated
-        assert store.revision() == updated.revision
+        self.same(store.get(POD_A), updated)
+        self.at_least(store.revision(), updated.revision)
 
     def test_update_missing_is_notfound(self, store: Store) -> None:
         r0 = store.revision()
@@ -179,28 +232,32 @@ class StoreContract:
                 store.update(POD_A, value(1), revision)
         with pytest.raises(NotFound):
             store.get(POD_A)
-        assert store.revision() == r0
+        if self.EXCLUSIVE:
+            assert store.revision() == r0
 
     def test_delete_without_revision(self, store: Store) -> None:
         created = store.create(POD_A, value(1))
         updated = store.update(POD_A, value(2), created.revision)
         removed = store.delete(POD_A)
-        assert removed == Item(POD_A, value(2), updated.revision + 1, created.revision)
-        assert store.revision() == updated.revision + 1
+        self.written(removed, POD_A, value(2), updated.revision, created=created.revision)
+        self.at_least(store.revision(), removed.revision)
         with pytest.raises(NotFound):
             store.get(POD_A)
         with pytest.raises(NotFound):
             store.delete(POD_A)
-        assert store.revision() == updated.revision + 1
+        self.at_least(store.revision(), removed.revision)
 
     def test_delete_with_revision(self, store: Store) -> None:
         created = store.create(POD_A, value(1))
         updated = store.update(POD_A, value(2), created.revision)
         with pytest.raises(Conflict):
             store.delete(POD_A, created.revision)
-        assert store.get(POD_A) == updated
+        self.same(store.get(POD_A), updated)
         removed = store.delete(POD_A, updated.revision)
-        assert (removed.value, removed.revision) == (value(2), updated.revision + 1)
+        assert self.normalize(removed.value) == self.normalize(value(2))
+        with pytest.raises(NotFound):
+            store.get(POD_A)
+        self.next_after(updated.revision, removed.revision)
         with pytest.raises(NotFound):
             store.delete(POD_A, updated.revision)
 
@@ -213,75 +270,117 @@ class StoreContract:
         with pytest.raises(Conflict):
             store.create(POD_A, value(9))
         again = store.create(SVC, value(3))
-        assert [a.revision, b.revision, a2.revision, gone.revision, again.revision] == [
-            r0 + 1, r0 + 2, r0 + 3, r0 + 4, r0 + 5]
-        assert again.create_revision == r0 + 5  # a new life, a new create revision
-        assert store.revision() == r0 + 5
-        assert store.list("pods").revision == r0 + 5
+        revisions = [r0, a.revision, b.revision, a2.revision, gone.revision, again.revision]
+        if not self.EXACT_DELETE_REVISION:  # a bound: after the deleted object's last write
+            assert gone.revision > b.revision
+            revisions.remove(gone.revision)
+        for before, after in itertools.pairwise(revisions):
+            self.next_after(before, after)
+        if self.EXCLUSIVE:
+            assert again.create_revision == r0 + 5  # a new life, a new create revision
+        self.at_least(store.revision(), again.revision)
+        self.at_least(store.list("pods").revision, again.revision)
 
     # -- watch ----------------------------------------------------------------------
 
-    def _history(self, store: Store) -> int:
-        """Five writes (pods and a service); returns the revision before them."""
+    def _history(self, store: Store) -> tuple[int, list[int]]:
+        """Five writes (pods and a service); returns the revision before them and
+        the revision of each write."""
         r0 = store.revision()
         a = store.create(POD_A, value(1))
-        store.create(SVC, value(10))
-        a = store.update(POD_A, value(2), a.revision)
-        store.create(POD_B, value(3))
-        store.delete(POD_A, a.revision)
-        return r0
+        s = store.create(SVC, value(10))
+        a2 = store.update(POD_A, value(2), a.revision)
+        b = store.create(POD_B, value(3))
+        gone = store.delete(POD_A, a2.revision)
+        return r0, [a.revision, s.revision, a2.revision, b.revision, gone.revision]
+
+    def events_as_written(self, events: list[Event], reported: list[Event] | None = None,
+                          ) -> list[Event]:
+        """``events`` with values as written; a DELETE whose reported revision is a
+        lower bound (``reported``) takes the reported one if the real one is not lower."""
+        out = []
+        for i, e in enumerate(events):
+            revision = e.revision
+            if (reported is not None and not self.EXACT_DELETE_REVISION
+                    and e.type == "DELETE" and i < len(reported)
+                    and revision >= reported[i].revision):
+                revision = reported[i].revision
+            out.append(Event(e.type, e.key, self.normalize(e.value), revision))  # type: ignore[arg-type]
+        return out
 
     def test_watch_from_revision_is_ordered_and_filtered(self, store: Store) -> None:
-        r0 = self._history(store)
+        r0, (r1, _, r3, r4, r5) = self._history(store)
         with store.watch("pods", r0 + 1) as w:
             events = collect(w, 4)
             assert w.next(0.2) == []
-        assert events == [
-            Event("PUT", POD_A, value(1), r0 + 1),
-            Event("PUT", POD_A, value(2), r0 + 3),
-            Event("PUT", POD_B, value(3), r0 + 4),
-            Event("DELETE", POD_A, value(2), r0 + 5),  # DELETE carries the last value
+        written = [
+            Event("PUT", POD_A, value(1), r1),
+            Event("PUT", POD_A, value(2), r3),
+            Event("PUT", POD_B, value(3), r4),
+            Event("DELETE", POD_A, value(2), r5),  # DELETE carries the last value
         ]
+        assert self.events_as_written(events, written) == self.events_as_written(written)
 
     def test_watch_every_resource_is_gap_free(self, store: Store) -> None:
-        r0 = self._history(store)
+        r0, revisions = self._history(store)
         with store.watch(None, r0 + 1) as w:
             events = collect(w, 5)
-        assert [e.revision for e in events] == list(range(r0 + 1, r0 + 6))
-        assert [(e.type, str(e.key)) for e in events] == [
-            ("PUT", "pods/a/web-1"), ("PUT", "services/a/web"), ("PUT", "pods/a/web-1"),
-            ("PUT", "pods/b/db-1"), ("DELETE", "pods/a/web-1")]
+        written = [("PUT", "pods/a/web-1"), ("PUT", "services/a/web"), ("PUT", "pods/a/web-1"),
+                   ("PUT", "pods/b/db-1"), ("DELETE", "pods/a/web-1")]
+        if self.EXCLUSIVE:
+            assert [e.revision for e in events] == list(range(r0 + 1, r0 + 6))
+            assert [(e.type, str(e.key)) for e in events] == written
+        else:  # every write, each resource's in revision order
+            got = sorted((e.revision, e.type, str(e.key)) for e in events)
+            assert [(t, k) for _, t, k in got] == written
+            assert [r for r, _, _ in got][:4] == revisions[:4]
+            assert got[4][0] >= revisions[4]  # the deletion's reported revision is a bound
+            for resource in ("pods", "services"):
+                mine = [e.revision for e in events if e.key.resource == resource]
+                assert mine == sorted(mine)
         with store.watch("services", r0 + 1) as w:
-            assert [e.value for e in collect(w, 1)] == [value(10)]
+            assert [self.normalize(e.value) for e in collect(w, 1)] == [
+                self.normalize(value(10))]
 
     def test_watch_resumes_from_last_seen_plus_one(self, store: Store) -> None:
-        r0 = self._history(store)
-        with store.watch(None, r0 + 1) as w:
+        r0, (r1, r2, r3, r4, r5) = self._history(store)
+        # One resource, when other writers share the revisions (its order is the contract).
+        resource = None if self.EXCLUSIVE else "pods"
+        expected = [r1, r2, r3, r4, r5] if self.EXCLUSIVE else [r1, r3, r4, r5]
+        with store.watch(resource, r0 + 1) as w:
             first = collect(w, 2)[:2]  # the reader stops after two
-        assert [e.revision for e in first] == [r0 + 1, r0 + 2]
-        with store.watch(None, first[-1].revision + 1) as w:
-            rest = collect(w, 3)
+        assert [e.revision for e in first] == expected[:2]
+        with store.watch(resource, first[-1].revision + 1) as w:
+            rest = collect(w, len(expected) - 2)
             assert w.next(0.2) == []
-        assert [e.revision for e in rest] == [r0 + 3, r0 + 4, r0 + 5]
-        with store.watch("pods", r0 + 4) as w:
-            assert [(e.type, e.revision) for e in collect(w, 2)] == [
-                ("PUT", r0 + 4), ("DELETE", r0 + 5)]
+        assert [e.revision for e in rest][:-1] == expected[2:-1]
+        assert rest[-1].revision >= expected[-1]
+        if self.EXACT_DELETE_REVISION:
+            assert rest[-1].revision == expected[-1]
+        with store.watch("pods", r4) as w:
+            tail = collect(w, 2)
+        assert [(e.type, e.revision) for e in tail][:1] == [("PUT", r4)]
+        assert tail[1].type == "DELETE" and tail[1].revision >= r5
 
     def test_watch_delivers_later_writes(self, store: Store) -> None:
         start = store.revision() + 1
+        written: list[int] = []
         with store.watch("pods", start) as w:
             assert w.next(0.05) == []
 
             def writer(_: int) -> None:
                 item = store.create(POD_A, value(1))
                 store.create(SVC, value(2))
-                store.update(POD_A, value(3), item.revision)
+                written.extend([item.revision,
+                                store.update(POD_A, value(3), item.revision).revision])
 
             run_threads(1, writer)
             events = collect(w, 2)
             assert w.next(0.2) == []
-        assert [(e.revision, e.value) for e in events] == [(start, value(1)),
-                                                            (start + 2, value(3))]
+        assert [(e.revision, self.normalize(e.value)) for e in events] == [
+            (written[0], self.normalize(value(1))), (written[1], self.normalize(value(3)))]
+        if self.EXCLUSIVE:
+            assert written == [start, start + 2]
 
     def test_watch_timeout_returns_empty(self, store: Store) -> None:
         store.create(SVC, value(1))  # another resource: must not wake a pods watch
@@ -299,7 +398,7 @@ class StoreContract:
         for round_ in range(1, 4):
             winner = self._cas_race(store, item.revision, round_, threads=6)
             item = store.get(POD_A)
-            assert item.value == value(round_, writer=winner)
+            assert self.normalize(item.value) == self.normalize(value(round_, writer=winner))
 
     def _cas_race(self, store: Store, revision: int, n: int, threads: int) -> int:
         """``threads`` updates from one revision at once; returns the one winner."""
@@ -334,7 +433,7 @@ class StoreContract:
 
         run_threads(5, attempt)
         assert len(created) == 1
-        assert store.get(POD_B).value == value(created[0])
+        assert self.normalize(store.get(POD_B).value) == self.normalize(value(created[0]))
 
     def test_concurrent_counter_loses_no_increment(self, store: Store) -> None:
         threads, times = 4, 15
@@ -355,6 +454,9 @@ class StoreContract:
             events = collect(w, threads * times)
             assert w.next(0.1) == []
         total = threads * times
-        assert store.get(POD_A).value == value(total)
-        assert [e.revision for e in events] == list(range(start + 1, start + total + 1))
-        assert [e.value for e in events] == [value(n) for n in range(1, total + 1)]
+        assert self.normalize(store.get(POD_A).value) == self.normalize(value(total))
+        revisions = [start] + [e.revision for e in events]
+        for before, after in itertools.pairwise(revisions):
+            self.next_after(before, after)
+        assert [self.normalize(e.value) for e in events] == [
+            self.normalize(value(n)) for n in range(1, total + 1)]

@@ -7,7 +7,8 @@
      │    ├── NotFound          no object under that key
      │    ├── Conflict          compare-and-swap lost (revision moved, or object exists)
      │    ├── Compacted         a watch asked for history the store no longer keeps
-     │    └── Unavailable       the backend cannot be reached (retry later)
+     │    ├── Unavailable       the backend cannot be reached (retry later)
+     │    └── Forbidden         the backend refused these credentials this operation
      ├── IPAMError              address management failed
      │    ├── PoolExhausted     no free address in any usable pool
      │    ├── NoUsablePool      no pool matches (family, node selector, disabled, ...)
@@ -75,6 +76,10 @@ class Compacted(StoreError):
 
 class Unavailable(StoreError):
     """The backend cannot be reached; the caller may retry later."""
+
+
+class Forbidden(StoreError):
+    """The backend refused the operation to these credentials (names verb and resource)."""
 
 
 class IPAMError(TabbyError):

@@ -45,7 +45,9 @@ def test_round_trip_keeps_unknown_fields_and_allocations() -> None:
     doc = s.to_manifest()
     assert doc["spec"]["clusterIP"] == "198.18.128.5"
     assert doc["spec"]["allocateLoadBalancerNodePorts"] is True
-    assert doc["status"] == {"loadBalancer": {"ingress": [{"ip": "198.18.144.7"}]}}
+    # what tabby does not model (ipMode) is kept, so writing the status back clobbers nothing
+    assert doc["status"] == {"loadBalancer": {"ingress": [{"ip": "198.18.144.7",
+                                                           "ipMode": "VIP"}]}}
     again = parse_manifest(doc)
     assert again == s
     assert s.families() == (4, 6) and s.cluster_ip(6) == ipaddress.ip_address("fd7a:bb1e:2::5")
@@ -109,5 +111,8 @@ def test_endpoint_slice_errors() -> None:
                                                {"addresses": []}]))
     paths = [e.path for e in info.value.errors]
     assert paths == ["endpoints[0].addresses[0]", "endpoints[1].addresses"]
-    with pytest.raises(ValidationError, match="FQDN"):
-        EndpointSlice.from_manifest(slice_doc([], "FQDN"))
+    with pytest.raises(ValidationError, match="addressType"):
+        EndpointSlice.from_manifest(slice_doc([], "IPv5"))
+    # the API server serves FQDN slices: read, but never backends (kube-proxy skips them)
+    with pytest.raises(ValidationError, match="not a DNS name"):
+        EndpointSlice.from_manifest(slice_doc([{"addresses": ["Not_A.Name"]}], "FQDN"))

@@ -14,44 +14,34 @@ the node's conflist is executed (CNI ADD) with the CNI_ARGS a kubelet sends;
 one listener process answers on every declared port; last the Pod's status
 (podIP(s), hostIP, phase Running) is written. A failure undoes the steps taken.
 Applying a pod that exists updates the object in place (labels, annotations):
-no re-wiring; its containers and node cannot change.
+no re-wiring; its containers and node cannot change. The plumbing itself
+(netns, CNI, listener) is ``tabby.lab.wiring``, shared with the kubelet
+stand-in (``tabby.lab.kubelet``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import ipaddress
 import secrets
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from tabby.errors import LabError, NotFound, TabbyError
-from tabby.lab import listener, services, system
-from tabby.lab.cni import CNIRuntime, Sandbox
-from tabby.lab.state import LabState, PodRecord, Proc, StateFile, lab_dir, require
+from tabby.lab import services, system, wiring
+from tabby.lab.state import LabState, PodRecord, StateFile, lab_dir, require
+from tabby.lab.wiring import IFNAME, pod_netns, sandbox
 from tabby.model import Namespace, Pod
 from tabby.model.k8s import PodStatus
 from tabby.store import open_store
 from tabby.store.client import Client
 
+__all__ = ["IFNAME", "LabPods", "exec_in_pod", "place", "pod_netns", "resolve", "sandbox"]
+
 Progress = Callable[[str, int, int], None]
-IFNAME = "eth0"
-LISTENER_TIMEOUT = 10.0
 WORKERS = 4
-MAX_NETNS_NAME = 200
-
-
-def pod_netns(lab: str, namespace: str, name: str) -> str:
-    """``<lab>_<ns>_<pod>``: '_' is in no lab, namespace or pod name, so names never collide."""
-    full = f"{lab}_{namespace}_{name}"
-    if len(full) <= MAX_NETNS_NAME:
-        return full
-    return f"{lab}_{namespace}_{hashlib.sha256(name.encode()).hexdigest()[:20]}"
 
 
 class LabPods:
@@ -172,15 +162,8 @@ class LabPods:
         stored, _ = self.client.apply(dataclasses.replace(
             pod, node_name=record.node, raw_spec=spec, status=PodStatus(phase="Pending")))
         record = dataclasses.replace(record, uid=stored.meta.uid)
-        system.add_netns([record.netns])
-        system.ip_batch(["link set lo up"], record.netns)
-        result = self._runtime(record).add(sandbox(record, pod))
-        ips = tuple(ipaddress.ip_interface(ip["address"]).ip for ip in result.get("ips", []))
-        record = dataclasses.replace(record, ips=ips)
-        self._record(record)
-        if record.ports:
-            record = dataclasses.replace(record, listener=self._listen(record))
-            self._record(record)
+        record = wiring.wire(self.state_file, record, pod)
+        ips = record.ips
         host = self.state_file.read().topology.node(record.node).addresses()[0].ip
         status = PodStatus(phase="Running", pod_ips=ips, host_ip=str(host))
         self.client.mutate(Pod, record.name, record.namespace,
@@ -200,33 +183,14 @@ class LabPods:
         return self.client.apply(dataclasses.replace(
             pod, node_name=record.node, raw_spec=spec, status=stored.status))[1]
 
-    def _listen(self, record: PodRecord) -> Proc:
-        ports = sorted({port for port, _ in record.ports})
-        argv = system.in_netns(record.netns, [
-            sys.executable, "-I", "-S", listener.__file__, "--name", record.name,
-            *(f"--port={p}" for p in ports)])
-        log = self.state_file.dir / "pods" / f"{record.namespace}_{record.name}.log"
-        log.parent.mkdir(exist_ok=True)
-        return system.spawn_ready(argv, f"listener {record.ref}", log, LISTENER_TIMEOUT)
-
     def _unwire(self, record: PodRecord | None) -> None:
         """Undo whatever of the pod exists, newest first; the record goes last."""
         if record is None:
             return
-        present = record.netns in system.netns_list()
-        self._runtime(record).delete(sandbox(record, netns=present))
-        if record.listener:
-            system.stop([record.listener])
-        system.delete_netns([record.netns])
+        wiring.release(self.state_file, record)
         with contextlib.suppress(NotFound):
             self.client.delete(Pod, record.name, record.namespace)
-        self.state_file.mutate(lambda s: s.without_pod(record.namespace, record.name))
-
-    def _record(self, record: PodRecord) -> None:
-        self.state_file.mutate(lambda s: s.with_pod(record))
-
-    def _runtime(self, record: PodRecord) -> CNIRuntime:
-        return CNIRuntime(self.state_file.read().node(record.node))
+        wiring.forget(self.state_file, record)
 
 
 # -- the surface ``tabby apply`` / ``tabby delete`` call when a lab is up ------------
@@ -264,23 +228,6 @@ def place(state: LabState, wanted: str) -> str:
     for pod in state.pods:
         load[pod.node] = load.get(pod.node, 0) + 1
     return min(names, key=lambda name: load[name])
-
-
-def sandbox(record: PodRecord, pod: Pod | None = None, *, netns: bool = True) -> Sandbox:
-    """What the runtime passes for ``record``: CNI_NETNS empty once the netns is gone
-    (as a kubelet's second DEL), portMappings from ``pod``'s hostPorts."""
-    args = {"IgnoreUnknown": "1", "K8S_POD_NAMESPACE": record.namespace,
-            "K8S_POD_NAME": record.name, "K8S_POD_INFRA_CONTAINER_ID": record.container_id,
-            "K8S_POD_UID": record.uid}
-    caps: dict[str, object] = {}
-    if pod is not None:
-        mappings = [{"hostPort": p.host_port, "containerPort": p.container_port,
-                     "protocol": p.protocol.lower()} for p in pod.ports() if p.host_port]
-        if mappings:
-            caps["portMappings"] = mappings
-    path = str(system.NETNS_DIR / record.netns) if netns else ""
-    return Sandbox(container_id=record.container_id, netns=path,
-                   ifname=record.ifname, args=args, capabilities=caps)
 
 
 def resolve(state: LabState, ref: str) -> PodRecord:

@@ -20,20 +20,25 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 from tabby.model.base import CALICO_API, TABBY_GROUP, KindInfo, ObjectMeta, Resource, register
 from tabby.model.bgpfields import (
     Community,
     Password,
+    as_number_schema,
+    duration_schema,
     format_duration,
     parse_as_number,
     parse_community,
     parse_duration,
     parse_password,
     parse_port,
+    password_schema,
+    port_schema,
 )
 from tabby.model.fields import Fields
+from tabby.model.schema import Column, KindSchema, Schema, array, boolean, obj, string
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -47,6 +52,32 @@ GLOBAL_ONLY = ("asNumber", "nodeToNodeMeshEnabled", "nodeMeshPassword",
                "nodeMeshMaxRestartTime", *SERVICE_FIELDS)
 _SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
 _NAME = re.compile(rf"^(default|node\.{_SUBDOMAIN})$")
+
+
+def _cidr_list(description: str) -> Schema:
+    return array(obj({"cidr": string("A CIDR without host bits.")}, required=["cidr"]),
+                 f"{description} (cluster-wide only).")
+
+
+_SPEC_SCHEMA = obj({
+    "asNumber": as_number_schema("The cluster's AS number (default 64512; cluster-wide only)."),
+    "nodeToNodeMeshEnabled": boolean("Full mesh between nodes (default true)."),
+    "listenPort": port_schema("BIRD's BGP port (default 179)."),
+    "logSeverityScreen": string("BIRD's log level.", enum=SEVERITIES),
+    "serviceClusterIPs": _cidr_list("Service cluster IP ranges to advertise"),
+    "serviceExternalIPs": _cidr_list("Service external IP ranges to advertise"),
+    "serviceLoadBalancerIPs": _cidr_list("Service load-balancer IP ranges to advertise"),
+    "communities": array(obj({
+        "name": string("The name prefixAdvertisements use."),
+        "value": string("aa:nn or aa:nn:mm.", pattern=r"^[0-9]+:[0-9]+(:[0-9]+)?$"),
+    }, required=["name", "value"]), "Named BGP community values."),
+    "prefixAdvertisements": array(obj({
+        "cidr": string("Routes within this CIDR carry the communities."),
+        "communities": array(string(), "Community names or values."),
+    }, required=["cidr"]), "Communities attached to exported routes."),
+    "nodeMeshPassword": password_schema("TCP-MD5 password of the mesh (cluster-wide only)."),
+    "nodeMeshMaxRestartTime": duration_schema("Graceful-restart time of the mesh."),
+})
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +107,9 @@ class BGPConfigurationSpec:
 class BGPConfiguration(Resource):
     KIND = KindInfo("BGPConfiguration", TABBY_GROUP, "v1", "bgpconfigurations",
                     namespaced=False, aliases=(CALICO_API,), short_names=("bgpconfig",))
+    SCHEMA: ClassVar[KindSchema] = KindSchema(spec=_SPEC_SCHEMA, columns=(
+        Column("ASN", ".spec.asNumber", "integer"),
+        Column("Mesh", ".spec.nodeToNodeMeshEnabled", "boolean")))
     meta: ObjectMeta
     spec: BGPConfigurationSpec = BGPConfigurationSpec()
 

@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 
 from tabby.model.fields import Fields
+from tabby.model.schema import Schema, boolean, integer, obj, string
 
 SECRET_NAMESPACE = "tabby-system"
 """Where ``secretKeyRef`` looks for its Secret (Calico: the calico-node namespace)."""
@@ -27,6 +28,30 @@ MAX_RESTART_SECONDS = 4095  # the graceful-restart capability's 12-bit field
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _PRINTABLE = re.compile(r'^[\x21\x23-\x5b\x5d-\x7e ]*$')  # printable ASCII but " and \
+
+
+def password_schema(description: str) -> Schema:
+    return obj({
+        "value": string("The password itself (tabby's inline form)."),
+        "secretKeyRef": obj({
+            "name": string("The Secret's name (in tabby-system)."),
+            "key": string("The key within the Secret."),
+            "optional": boolean("Accepted for Calico compatibility; not used."),
+        }, "A key of a Secret in tabby-system (Calico's form).", required=["name", "key"]),
+    }, f"{description} Set value or secretKeyRef.")
+
+
+def duration_schema(description: str) -> Schema:
+    return string(f"{description} A Go duration (120s, 2m, 1h30m) within 1s..4095s.",
+                  pattern=r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$")
+
+
+def as_number_schema(description: str) -> Schema:
+    return integer(description, minimum=1, maximum=4294967295)
+
+
+def port_schema(description: str) -> Schema:
+    return integer(description, minimum=1, maximum=65535)
 
 
 @dataclass(frozen=True, slots=True)

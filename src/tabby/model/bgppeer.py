@@ -19,18 +19,22 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 from tabby import selector
 from tabby.model.base import CALICO_API, TABBY_GROUP, KindInfo, ObjectMeta, Resource, register
 from tabby.model.bgpfields import (
     Password,
+    as_number_schema,
+    duration_schema,
     format_duration,
     parse_as_number,
     parse_duration,
     parse_password,
+    password_schema,
 )
 from tabby.model.fields import Fields
+from tabby.model.schema import Column, KindSchema, boolean, integer, obj, string
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 SOURCE_ADDRESSES = ("UseNodeIP", "None")
@@ -57,6 +61,21 @@ class BGPPeerSpec:
 class BGPPeer(Resource):
     KIND = KindInfo("BGPPeer", TABBY_GROUP, "v1", "bgppeers", namespaced=False,
                     aliases=(CALICO_API,), short_names=("bgppeer",))
+    SCHEMA: ClassVar[KindSchema] = KindSchema(spec=obj({
+        "node": string("The one node that peers (by name)."),
+        "nodeSelector": string("The nodes that peer (a selector)."),
+        "peerIP": string("An outside router: ip, v4:port or [v6]:port."),
+        "peerSelector": string("Other tabby nodes to peer with (a selector)."),
+        "asNumber": as_number_schema("The peer's AS number (with peerIP)."),
+        "password": password_schema("TCP-MD5 password."),
+        "keepOriginalNextHop": boolean("Do not rewrite the next hop."),
+        "sourceAddress": string("The session's source address.", enum=SOURCE_ADDRESSES),
+        "maxRestartTime": duration_schema("Graceful-restart time."),
+        "numAllowedLocalASNumbers": integer("Accept routes holding our AS this many times.",
+                                            minimum=0, maximum=MAX_LOCAL_AS),
+    }), columns=(Column("Peer IP", ".spec.peerIP"), Column("ASN", ".spec.asNumber", "integer"),
+                 Column("Peer selector", ".spec.peerSelector"), Column("Node", ".spec.node"),
+                 Column("Node selector", ".spec.nodeSelector", priority=1)))
     meta: ObjectMeta
     spec: BGPPeerSpec
 

@@ -15,13 +15,24 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 from tabby.model.base import CALICO_API, TABBY_GROUP, KindInfo, ObjectMeta, Resource, register
 from tabby.model.fields import Fields
+from tabby.model.schema import KindSchema, Schema, array, free_form, integer, obj, string
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 FAILSAFE_FIELDS = ("failsafeInboundHostPorts", "failsafeOutboundHostPorts")
+
+
+
+def _failsafe_schema(direction: str) -> Schema:
+    return array(obj({
+        "protocol": string("TCP, UDP or SCTP (default TCP).", pattern="^(?i:tcp|udp|sctp)$"),
+        "port": integer("The port.", minimum=1, maximum=65535),
+        "net": string("Only to or from this CIDR."),
+    }, required=["port"]), f"{direction} ports open on host endpoints whatever the policies;"
+       " an empty list turns failsafe off.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +67,16 @@ DEFAULT_FAILSAFE_OUT = _pp("UDP:53 UDP:67 TCP:179 TCP:2379 TCP:2380 TCP:5473 TCP
 class FelixConfiguration(Resource):
     KIND = KindInfo("FelixConfiguration", TABBY_GROUP, "v1", "felixconfigurations",
                     namespaced=False, aliases=(CALICO_API,), short_names=("felixconfig",))
+    # The spec keeps every field as written (raw_spec): Felix settings tabby does not read
+    # are stored free-form, so Calico manifests round-trip whole. Calico writes a status,
+    # which the model accepts and drops: a status subresource keeps it out of the object.
+    SCHEMA: ClassVar[KindSchema] = KindSchema(
+        spec=obj({
+            "failsafeInboundHostPorts": _failsafe_schema("Inbound"),
+            "failsafeOutboundHostPorts": _failsafe_schema("Outbound"),
+        }, "Felix settings: the failsafe ports are read, the others kept as written.",
+            preserve_unknown=True),
+        status=free_form("Written by Calico; tabby neither writes nor reads it."))
     meta: ObjectMeta
     failsafe_inbound: tuple[ProtoPort, ...] | None = None  # None: not set here
     failsafe_outbound: tuple[ProtoPort, ...] | None = None

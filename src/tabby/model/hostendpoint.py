@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 from tabby.errors import FieldError
 from tabby.model.base import CALICO_API, TABBY_GROUP, KindInfo, ObjectMeta, Resource, register
 from tabby.model.fields import Fields
 from tabby.model.k8s import PROTOCOLS
+from tabby.model.schema import Column, KindSchema, array, integer, obj, string
 from tabby.model.workloadendpoint import EndpointPort
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -47,6 +48,18 @@ class HostEndpointSpec:
 class HostEndpoint(Resource):
     KIND = KindInfo("HostEndpoint", TABBY_GROUP, "v1", "hostendpoints", namespaced=False,
                     aliases=(CALICO_API,), short_names=("hep", "heps"))
+    SCHEMA: ClassVar[KindSchema] = KindSchema(spec=obj({
+        "node": string("The node the interface belongs to."),
+        "interfaceName": string("The interface under policy.", max_length=15),
+        "expectedIPs": array(string(), "The host's addresses on it."),
+        "profiles": array(string(), "Profiles (projectcalico-default-allow: allow the rest)."),
+        "ports": array(obj({
+            "name": string("The port's name (for named ports in rules)."),
+            "port": integer("The port number.", minimum=1, maximum=65535),
+            "protocol": string("Default TCP.", enum=PROTOCOLS),
+        }, required=["name", "port"]), "Named ports."),
+    }, required=["node"]), columns=(Column("Node", ".spec.node"),
+                                    Column("Interface", ".spec.interfaceName")))
     meta: ObjectMeta
     spec: HostEndpointSpec
 

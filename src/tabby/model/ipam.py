@@ -20,13 +20,25 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 from tabby.model.base import CALICO_API, TABBY_GROUP, KindInfo, ObjectMeta, Resource, register
 from tabby.model.fields import Fields
+from tabby.model.schema import (
+    Column,
+    KindSchema,
+    array,
+    boolean,
+    integer,
+    map_of,
+    obj,
+    string,
+    string_map,
+)
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _ANY_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+AFFINITY_STATES = ("pending", "confirmed", "pendingDeletion")
 
 
 def block_name(cidr: IPNetwork) -> str:
@@ -59,6 +71,21 @@ class IPAMBlockSpec:
 class IPAMBlock(Resource):
     KIND = KindInfo("IPAMBlock", TABBY_GROUP, "v1", "ipamblocks", namespaced=False,
                     aliases=(CALICO_API,), short_names=("block", "blocks"))
+    SCHEMA: ClassVar[KindSchema] = KindSchema(spec=obj({
+        "cidr": string("The block's range."),
+        "affinity": string("host:<node> of the node that claimed it; null if none.",
+                           nullable=True),
+        "allocations": array(integer(minimum=0, nullable=True),
+                             "Per ordinal: index into attributes, or null if free."),
+        "unallocated": array(integer(minimum=0), "Free ordinals, in the order handed out."),
+        "attributes": array(obj({
+            "handle_id": string("The owning handle.", nullable=True),
+            "secondary": string_map("node, pod, namespace, ..."),
+        }), "One per allocation owner."),
+        "strictAffinity": boolean("Only the affine node allocates from it."),
+        "deleted": boolean("Being deleted."),
+    }, required=["cidr"]), columns=(Column("CIDR", ".spec.cidr"),
+                                    Column("Affinity", ".spec.affinity")))
     meta: ObjectMeta
     spec: IPAMBlockSpec
 
@@ -142,6 +169,15 @@ class BlockAffinitySpec:
 class BlockAffinity(Resource):
     KIND = KindInfo("BlockAffinity", TABBY_GROUP, "v1", "blockaffinities", namespaced=False,
                     aliases=(CALICO_API,), short_names=("affinity", "affinities"))
+    SCHEMA: ClassVar[KindSchema] = KindSchema(spec=obj({
+        "node": string("The node that claimed the block."),
+        "cidr": string("The block's range."),
+        "state": string("Claim state.", enum=AFFINITY_STATES),
+        # Calico's type: a string ("true"/"false"); the model accepts and ignores it.
+        "deleted": string("Accepted for Calico compatibility; not used."),
+    }, required=["node", "cidr"]), columns=(Column("Node", ".spec.node"),
+                                            Column("CIDR", ".spec.cidr"),
+                                            Column("State", ".spec.state")))
     meta: ObjectMeta
     spec: BlockAffinitySpec
 
@@ -156,7 +192,7 @@ class BlockAffinity(Resource):
             cidr = ipaddress.ip_network("0.0.0.0/32")
         spec = BlockAffinitySpec(
             node=f.str("node", required=True), cidr=cidr,
-            state=f.choice("state", ("pending", "confirmed", "pendingDeletion"), "confirmed"))
+            state=f.choice("state", AFFINITY_STATES, "confirmed"))
         f.raw("deleted")
         f.finish()
         return cls(meta=meta, spec=spec)
@@ -181,6 +217,12 @@ class IPAMHandleSpec:
 class IPAMHandle(Resource):
     KIND = KindInfo("IPAMHandle", TABBY_GROUP, "v1", "ipamhandles", namespaced=False,
                     aliases=(CALICO_API,), short_names=("handle", "handles"))
+    SCHEMA: ClassVar[KindSchema] = KindSchema(spec=obj({
+        "handleID": string("The allocation owner (<container id>.<interface>)."),
+        "block": map_of(integer(minimum=0),
+                        "Block CIDR -> how many addresses the handle holds there."),
+        "deleted": boolean("Accepted for Calico compatibility; not used."),
+    }, required=["handleID"]), columns=(Column("Handle", ".spec.handleID"),))
     meta: ObjectMeta
     spec: IPAMHandleSpec
 
@@ -219,6 +261,11 @@ class IPAMConfigSpec:
 class IPAMConfiguration(Resource):
     KIND = KindInfo("IPAMConfiguration", TABBY_GROUP, "v1", "ipamconfigurations",
                     namespaced=False, aliases=(CALICO_API,), short_names=("ipamconfig",))
+    SCHEMA: ClassVar[KindSchema] = KindSchema(spec=obj({
+        "strictAffinity": boolean("Nodes allocate only from blocks they claimed."),
+        "autoAllocateBlocks": boolean("Nodes claim new blocks as needed (default true)."),
+        "maxBlocksPerHost": integer("Most blocks one node may claim; 0 = no limit.", minimum=0),
+    }))
     meta: ObjectMeta
     spec: IPAMConfigSpec = field(default_factory=IPAMConfigSpec)
 

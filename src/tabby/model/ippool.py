@@ -10,12 +10,22 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 from tabby import selector
 from tabby.errors import FieldError, ValidationError
 from tabby.model.base import CALICO_API, TABBY_GROUP, KindInfo, ObjectMeta, Resource, register
 from tabby.model.fields import Fields
+from tabby.model.schema import (
+    Column,
+    KindSchema,
+    array,
+    boolean,
+    free_form,
+    integer,
+    obj,
+    string,
+)
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -45,6 +55,29 @@ class IPPoolSpec:
 class IPPool(Resource):
     KIND = KindInfo("IPPool", TABBY_GROUP, "v1", "ippools", namespaced=False,
                     aliases=(CALICO_API,), short_names=("ippool", "pool", "pools"))
+    SCHEMA: ClassVar[KindSchema] = KindSchema(
+        spec=obj({
+            "cidr": string("The pool's range, without host bits (198.19.0.0/16)."),
+            "blockSize": integer("Prefix length of the blocks handed to nodes"
+                                 " (IPv4 20..32, IPv6 116..128).", minimum=20, maximum=128),
+            "vxlanMode": string("VXLAN encapsulation.", enum=ENCAP_MODES),
+            "ipipMode": string("IP-in-IP encapsulation (IPv4 only).", enum=ENCAP_MODES),
+            "natOutgoing": boolean("Masquerade traffic leaving the pool's range."),
+            "disabled": boolean("No new addresses from this pool."),
+            "disableBGPExport": boolean("Do not advertise the pool's routes over BGP."),
+            "nodeSelector": string("Which nodes take blocks from this pool (a selector)."),
+            "allowedUses": array(string(enum=USES), "Workload, Tunnel or LoadBalancer."),
+            "assignmentMode": string("Accepted for Calico compatibility; not used."),
+        }, required=["cidr"]),
+        # Calico writes a status; the model accepts and drops it, so the API server keeps it
+        # out of the object (a status subresource) and does not check its shape.
+        status=free_form("Written by Calico; tabby neither writes nor reads it."),
+        columns=(Column("CIDR", ".spec.cidr"), Column("Block", ".spec.blockSize", "integer"),
+                 Column("VXLAN", ".spec.vxlanMode"), Column("IPIP", ".spec.ipipMode"),
+                 Column("NAT", ".spec.natOutgoing", "boolean"),
+                 Column("Disabled", ".spec.disabled", "boolean"),
+                 Column("Selector", ".spec.nodeSelector", priority=1)),
+    )
     meta: ObjectMeta
     spec: IPPoolSpec
 

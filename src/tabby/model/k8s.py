@@ -1,9 +1,14 @@
 """Kubernetes ``v1`` Namespace and Pod, as far as networking reads them.
 
 A Pod keeps the fields tabby uses typed (nodeName, containers' ports,
-serviceAccountName) and the rest of its spec untouched, so a manifest written
-for a real cluster applies as it is. ``status`` (podIP, podIPs, hostIP, phase)
-is written by whoever wires the pod (the lab), like the kubelet does.
+serviceAccountName, hostNetwork) and the rest of its spec untouched, so a
+manifest written for a real cluster applies as it is. ``status`` (podIP,
+podIPs, hostIP, phase) is written by whoever wires the pod (the lab), like the
+kubelet does; the status as served (``raw_status``: conditions,
+containerStatuses, qosClass, startTime, ...) stays underneath, so writing the
+typed part back clobbers nothing else. ``hostIPs`` follows ``hostIP``: kept as
+served while its first entry is still hostIP, else ``[hostIP]`` (the API server
+wants ``hostIPs[0] == hostIP``).
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from tabby.model.base import KindInfo, ObjectMeta, Resource, register
 from tabby.model.fields import Fields
 
 PROTOCOLS = ("TCP", "UDP", "SCTP")
+# status keys rendered from PodStatus; everything else in raw_status is kept
+_TYPED_STATUS = frozenset({"phase", "podIP", "podIPs", "hostIP", "hostIPs"})
 
 
 @register
@@ -90,6 +97,8 @@ class Pod(Resource):
     host_network: bool = False
     raw_spec: dict[str, Any] = field(default_factory=dict)
     status: PodStatus = PodStatus()
+    # status fields not typed in PodStatus (and hostIPs when it says more than hostIP)
+    raw_status: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def parse_body(cls, meta: ObjectMeta, top: Fields) -> Self:
@@ -111,16 +120,38 @@ class Pod(Resource):
         sa = f.str("serviceAccountName", "default") or "default"
         host_network = f.bool("hostNetwork")
         f.finish(ignore_unknown=True)
+        raw_status = top.raw("status")
         status = _status(top.map("status"))
+        rest: dict[str, Any] = {}
+        if isinstance(raw_status, dict):
+            # Keep only what is not typed, so equal statuses compare equal however made.
+            rest = {k: v for k, v in raw_status.items() if k not in _TYPED_STATUS}
+            host_ips = raw_status.get("hostIPs")
+            if host_ips and host_ips != [{"ip": status.host_ip}]:
+                rest["hostIPs"] = host_ips
         return cls(meta=meta, node_name=node_name, containers=tuple(containers),
                    service_account_name=sa, host_network=host_network,
-                   raw_spec=dict(raw) if isinstance(raw, dict) else {}, status=status)
+                   raw_spec=dict(raw) if isinstance(raw, dict) else {}, status=status,
+                   raw_status=rest)
 
     def body(self) -> dict[str, Any]:
         spec = dict(self.raw_spec)
         if self.node_name:
             spec["nodeName"] = self.node_name
-        return {"spec": spec, "status": self.status.to_dict()}
+        return {"spec": spec, "status": self._status_dict()}
+
+    def _status_dict(self) -> dict[str, Any]:
+        typed = self.status.to_dict()
+        out = {k: v for k, v in self.raw_status.items() if k not in _TYPED_STATUS}
+        out.update(typed)
+        host_ips = self.raw_status.get("hostIPs")
+        if self.status.host_ip:
+            first = host_ips[0] if isinstance(host_ips, list) and host_ips else None
+            if isinstance(first, dict) and first.get("ip") == self.status.host_ip:
+                out["hostIPs"] = host_ips
+            else:
+                out["hostIPs"] = [{"ip": self.status.host_ip}]
+        return out
 
     def ports(self) -> list[ContainerPort]:
         return [p for c in self.containers for p in c.ports]

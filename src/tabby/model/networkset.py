@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 from tabby.errors import FieldError
 from tabby.model.base import CALICO_API, TABBY_GROUP, KindInfo, ObjectMeta, Resource, register
 from tabby.model.fields import Fields
+from tabby.model.schema import KindSchema, array, obj, string
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -32,6 +33,10 @@ def parse_net_list(f: Fields, name: str) -> tuple[IPNetwork, ...]:
 class _Nets(Resource):
     """What NetworkSet and GlobalNetworkSet share: a list of nets (their scope differs)."""
 
+    SCHEMA: ClassVar[KindSchema] = KindSchema(spec=obj({
+        "nets": array(string(), "CIDRs (or addresses) in this set."),
+        "allowedEgressDomains": array(string(), "Accepted for Calico compatibility; not used."),
+    }))
     meta: ObjectMeta
     nets: tuple[IPNetwork, ...] = ()
 

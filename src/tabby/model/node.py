@@ -13,10 +13,11 @@ import dataclasses
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 from tabby.model.base import CALICO_API, TABBY_GROUP, KindInfo, ObjectMeta, Resource, register
 from tabby.model.fields import Fields
+from tabby.model.schema import Column, KindSchema, array, free_form, integer, obj, string
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -67,6 +68,30 @@ class NodeSpec:
 class Node(Resource):
     KIND = KindInfo("Node", TABBY_GROUP, "v1", "nodes", namespaced=False,
                     aliases=(CALICO_API,), short_names=("no",))
+    SCHEMA: ClassVar[KindSchema] = KindSchema(
+        spec=obj({
+            "bgp": obj({
+                "ipv4Address": string("IPv4 address with prefix (198.18.0.11/24)."),
+                "ipv6Address": string("IPv6 address with prefix."),
+                "asNumber": integer("The node's own AS number.", minimum=1,
+                                    maximum=4294967295),
+                "routeReflectorClusterID": string("Set on route reflectors (an IPv4 address)."),
+            }, "The node's BGP speaker."),
+            "addresses": array(obj({
+                "address": string("An address of the node."),
+                "type": string("InternalIP (default), ExternalIP, ..."),
+            }, required=["address"]), "The node's addresses."),
+            "ipv4VXLANTunnelAddr": string("IPv4 VXLAN tunnel endpoint (agent-written)."),
+            "vxlanTunnelMACAddr": string("Its MAC address."),
+            "ipv6VXLANTunnelAddr": string("IPv6 VXLAN tunnel endpoint (agent-written)."),
+            "vxlanTunnelMACAddrV6": string("Its MAC address."),
+            "orchRefs": array(obj({"nodeName": string(), "orchestrator": string()}),
+                              "Accepted for Calico compatibility; not kept."),
+        }),
+        # Calico writes a status; the model accepts and drops it (a status subresource).
+        status=free_form("Written by Calico; tabby neither writes nor reads it."),
+        columns=(Column("IPv4", ".spec.bgp.ipv4Address"), Column("IPv6", ".spec.bgp.ipv6Address"),
+                 Column("ASN", ".spec.bgp.asNumber", "integer")))
     meta: ObjectMeta
     spec: NodeSpec = NodeSpec()
 

@@ -16,11 +16,21 @@ The Kubernetes ``networking.k8s.io/v1`` NetworkPolicy is another kind
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 from tabby.model.base import CALICO_API, TABBY_GROUP, KindInfo, ObjectMeta, Resource, register
 from tabby.model.fields import Fields
-from tabby.model.policyrules import Rule, check_selector, parse_rules
+from tabby.model.policyrules import RULE_SCHEMA, Rule, check_selector, parse_rules
+from tabby.model.schema import (
+    Column,
+    KindSchema,
+    Schema,
+    array,
+    boolean,
+    number,
+    obj,
+    string,
+)
 
 TYPES = ("Ingress", "Egress")
 
@@ -58,6 +68,30 @@ class PolicySpec:
                 if value:
                     out[key] = True
         return out
+
+
+def policy_schema(*, global_: bool) -> KindSchema:
+    """The spec as ``parse_spec(global_=...)`` reads it."""
+    fields: dict[str, Schema] = {
+        "tier": string("Only the default tier exists.", enum=("", "default")),
+        "order": number("Lower orders apply first; absent means last."),
+        "selector": string("The endpoints this policy applies to (a selector)."),
+        "serviceAccountSelector": string("Endpoints by service account labels (a selector)."),
+        "types": array(string(enum=TYPES), "Ingress, Egress (default from the rules)."),
+        "ingress": array(RULE_SCHEMA, "Rules for traffic into the endpoints."),
+        "egress": array(RULE_SCHEMA, "Rules for traffic out of the endpoints."),
+        "performanceHints": array(string(), "Accepted for Calico compatibility; not used."),
+    }
+    if global_:
+        fields |= {
+            "namespaceSelector": string("The namespaces whose endpoints apply (a selector)."),
+            "doNotTrack": boolean("Apply before connection tracking (needs applyOnForward)."),
+            "preDNAT": boolean("Apply before DNAT (needs applyOnForward)."),
+            "applyOnForward": boolean("Apply to forwarded traffic of host endpoints."),
+        }
+    return KindSchema(spec=obj(fields), columns=(
+        Column("Order", ".spec.order", "number"), Column("Selector", ".spec.selector"),
+        Column("Types", ".spec.types", priority=1)))
 
 
 def default_types(ingress: tuple[Rule, ...], egress: tuple[Rule, ...]) -> tuple[str, ...]:
@@ -140,6 +174,7 @@ class NetworkPolicy(Resource):
 
     KIND = KindInfo("NetworkPolicy", TABBY_GROUP, "v1", "networkpolicies", namespaced=True,
                     aliases=(CALICO_API,), short_names=("cnp", "tnp"))
+    SCHEMA: ClassVar[KindSchema] = policy_schema(global_=False)
     meta: ObjectMeta
     spec: PolicySpec = PolicySpec()
 
@@ -156,6 +191,7 @@ class NetworkPolicy(Resource):
 class GlobalNetworkPolicy(Resource):
     KIND = KindInfo("GlobalNetworkPolicy", TABBY_GROUP, "v1", "globalnetworkpolicies",
                     namespaced=False, aliases=(CALICO_API,), short_names=("gnp",))
+    SCHEMA: ClassVar[KindSchema] = policy_schema(global_=True)
     meta: ObjectMeta
     spec: PolicySpec = PolicySpec()
 

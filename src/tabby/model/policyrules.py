@@ -22,6 +22,15 @@ from typing import Any
 from tabby import selector
 from tabby.errors import FieldError
 from tabby.model.fields import Fields, type_name
+from tabby.model.schema import (
+    Schema,
+    array,
+    int_or_string,
+    integer,
+    obj,
+    string,
+    string_map,
+)
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -31,6 +40,50 @@ PROTOCOL_NAMES = {v: k for k, v in PROTOCOL_NUMBERS.items()}
 PORT_PROTOCOLS = frozenset({6, 17, 132, 136})
 ICMP_PROTOCOLS = {1: 4, 58: 6}  # protocol -> the IP version it implies
 _PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# Names case-insensitively, or a number 1..255 (as a number or as digits).
+PROTOCOL_PATTERN = "^((?i:" + "|".join(PROTOCOL_NUMBERS) + ")|[0-9]+)$"
+
+
+def _protocol_schema(description: str) -> Schema:
+    return int_or_string(f"{description}: {', '.join(PROTOCOL_NUMBERS)} or a number 1..255.",
+                         pattern=PROTOCOL_PATTERN)
+
+
+def _icmp_schema(description: str) -> Schema:
+    return obj({"type": integer("ICMP type.", minimum=0, maximum=254),
+                "code": integer("ICMP code (needs type).", minimum=0, maximum=255)},
+               description)
+
+
+def _entity_schema(description: str) -> Schema:
+    ports = array(int_or_string(), "Port numbers, ranges low:high or named ports.")
+    return obj({
+        "nets": array(string(), "CIDRs."),
+        "notNets": array(string(), "CIDRs not matched."),
+        "selector": string("Endpoints and network sets (a selector)."),
+        "notSelector": string("Endpoints and network sets not matched (a selector)."),
+        "namespaceSelector": string("Namespaces of the selected endpoints (a selector)."),
+        "ports": ports,
+        "notPorts": {**ports, "description": "Ports not matched."},
+        "serviceAccounts": obj({
+            "names": array(string(), "Service account names."),
+            "selector": string("Service accounts by label (a selector)."),
+        }, "Endpoints running as these service accounts."),
+    }, description)
+
+
+RULE_SCHEMA = obj({
+    "action": string("What a matching packet gets.", enum=ACTIONS),
+    "ipVersion": integer("4 or 6.", enum=(4, 6)),
+    "protocol": _protocol_schema("The protocol"),
+    "notProtocol": _protocol_schema("Any protocol but"),
+    "icmp": _icmp_schema("ICMP match (protocol ICMP or ICMPv6)."),
+    "notICMP": _icmp_schema("ICMP negative match (protocol ICMP or ICMPv6)."),
+    "source": _entity_schema("Where packets come from."),
+    "destination": _entity_schema("Where packets go."),
+    "metadata": obj({"annotations": string_map("Free annotations.")},
+                    "Accepted for Calico compatibility; not kept."),
+}, "One Calico policy rule.", required=["action"])
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,8 +2,12 @@
 
 A Service keeps the fields the proxy reads typed (type, clusterIP(s),
 ipFamilies, ports, selector, session affinity, traffic policies, externalIPs,
-loadBalancerIP, ``status.loadBalancer.ingress``) and the rest of its spec
-untouched, so a manifest written for a real cluster applies as it is. The
+loadBalancerIP, healthCheckNodePort, ``status.loadBalancer.ingress[].ip``)
+and the rest of its spec and status untouched, so a manifest written for a
+real cluster applies as it is and an object a kube-apiserver served renders
+back with every field it had (``loadBalancerClass``, ``trafficDistribution``,
+an ingress entry's ``ipMode``, ``ports`` and ``hostname``, status
+``conditions``): writing ``status.loadBalancer`` back clobbers nothing. The
 allocated fields (``spec.clusterIP(s)``, ``nodePort``, the ingress IPs) are
 written by whoever plays the API server's and controllers' part (the lab's
 endpoints controller, ``tabby.services.controller``).
@@ -11,12 +15,17 @@ endpoints controller, ``tabby.services.controller``).
 An EndpointSlice lists the endpoints of one Service (its label
 ``kubernetes.io/service-name``) for one address family, with their
 conditions (``ready`` / ``serving`` / ``terminating``; an absent condition is
-"unknown" and reads as Kubernetes reads it) and the ports they serve.
+"unknown" and reads as Kubernetes reads it) and the ports they serve. The API
+also serves ``FQDN`` slices (address_type 0, names in ``Endpoint.fqdns``) and
+ports without a number ("not restricted"); a proxy can use neither (kube-proxy
+skips them), so they are read, kept apart and never become backends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Self
@@ -38,12 +47,14 @@ MAX_AFFINITY_TIMEOUT = 86400
 NODE_PORTS = (30000, 32767)
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
-ADDRESS_TYPES = ("IPv4", "IPv6")
+ADDRESS_TYPES = ("IPv4", "IPv6", "FQDN")
+FQDN = 0  # EndpointSlice.address_type of an FQDN slice
+_FQDN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 MAX_SLICE_ENDPOINTS = 1000
 
 
 def family_name(version: int) -> str:
-    return "IPv4" if version == 4 else "IPv6"
+    return {4: "IPv4", 6: "IPv6"}.get(version, "FQDN")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +98,7 @@ class ServiceSpec:
     external_ips: tuple[IPAddress, ...] = ()
     load_balancer_ip: IPAddress | None = None
     external_name: str = ""
+    health_check_node_port: int | None = None  # allocated for LoadBalancer + Local
 
     @property
     def has_node_ports(self) -> bool:
@@ -101,6 +113,10 @@ class Service(Resource):
     spec: ServiceSpec = ServiceSpec()
     ingress: tuple[IPAddress, ...] = ()  # status.loadBalancer.ingress[].ip
     raw_spec: dict[str, Any] = field(default_factory=dict)  # spec fields not typed here
+    # status fields not typed here: conditions, loadBalancer's other fields and the
+    # ingress entries that carry more than an IP (ipMode, ports, hostname-only entries);
+    # body() renders ``ingress`` over it
+    raw_status: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def parse_body(cls, meta: ObjectMeta, top: Fields) -> Self:
@@ -108,6 +124,7 @@ class Service(Resource):
         f = top.map("spec")
         spec = _spec(f)
         f.finish(ignore_unknown=True)
+        raw_status = top.raw("status")
         status = top.map("status")
         lb = status.map("loadBalancer")
         ingress = []
@@ -123,12 +140,15 @@ class Service(Resource):
         status.finish(ignore_unknown=True)
         # Keep only what is not typed, so the typed fields are the one truth.
         rest = {k: v for k, v in raw.items() if k not in f.seen} if isinstance(raw, dict) else {}
-        return cls(meta=meta, spec=spec, ingress=tuple(ingress), raw_spec=rest)
+        return cls(meta=meta, spec=spec, ingress=tuple(ingress), raw_spec=rest,
+                   raw_status=_status_rest(raw_status))
 
     def body(self) -> dict[str, Any]:
         s = self.spec
         spec = dict(self.raw_spec)
-        spec.update({"type": s.type, "ports": [p.to_dict() for p in s.ports]})
+        spec["type"] = s.type
+        if s.ports:  # the API server omits an empty list (headless, ExternalName)
+            spec["ports"] = [p.to_dict() for p in s.ports]
         if s.selector:
             spec["selector"] = dict(s.selector)
         if s.headless:
@@ -146,17 +166,36 @@ class Service(Resource):
             spec["sessionAffinityConfig"] = {"clientIP": {"timeoutSeconds": s.affinity_timeout}}
         if s.has_node_ports or s.external_ips:
             spec["externalTrafficPolicy"] = s.external_traffic_policy
-        spec["internalTrafficPolicy"] = s.internal_traffic_policy
+        if s.type != "ExternalName" or s.internal_traffic_policy != "Cluster":
+            spec["internalTrafficPolicy"] = s.internal_traffic_policy
         if s.external_ips:
             spec["externalIPs"] = [str(ip) for ip in s.external_ips]
         if s.load_balancer_ip is not None:
             spec["loadBalancerIP"] = str(s.load_balancer_ip)
         if s.external_name:
             spec["externalName"] = s.external_name
-        lb: dict[str, Any] = {}
-        if self.ingress:
-            lb["ingress"] = [{"ip": str(ip)} for ip in self.ingress]
-        return {"spec": spec, "status": {"loadBalancer": lb}}
+        if s.health_check_node_port is not None:
+            spec["healthCheckNodePort"] = s.health_check_node_port
+        status = {k: v for k, v in self.raw_status.items() if k != "loadBalancer"}
+        status["loadBalancer"] = self._load_balancer()
+        return {"spec": spec, "status": status}
+
+    def _load_balancer(self) -> dict[str, Any]:
+        """``ingress`` over the served status.loadBalancer: an entry for an IP still in
+        ``ingress`` keeps its other fields, entries without an IP are kept as they are."""
+        raw = self.raw_status.get("loadBalancer")
+        raw = raw if isinstance(raw, dict) else {}
+        entries = [e for e in raw.get("ingress") or () if isinstance(e, dict)]
+        by_ip: dict[IPAddress, dict[str, Any]] = {}
+        for entry in entries:
+            with contextlib.suppress(ValueError):
+                by_ip.setdefault(ipaddress.ip_address(str(entry.get("ip"))), entry)
+        ingress = [{**by_ip.get(ip, {}), "ip": str(ip)} for ip in self.ingress]
+        ingress += [e for e in entries if not e.get("ip")]
+        lb = {k: v for k, v in raw.items() if k != "ingress"}
+        if ingress:
+            lb["ingress"] = ingress
+        return lb
 
     def families(self) -> tuple[int, ...]:
         """The families the service serves: its ipFamilies, else its clusterIPs'."""
@@ -184,6 +223,23 @@ class Service(Resource):
     def ports_text(self) -> str:
         return ",".join(f"{p.port}:{p.node_port}/{p.protocol}" if p.node_port is not None
                         else f"{p.port}/{p.protocol}" for p in self.spec.ports) or "<none>"
+
+
+def _status_rest(raw: object) -> dict[str, Any]:
+    """What of a served status the typed ``ingress`` does not say (empty for a status
+    tabby wrote itself, so equal services compare equal however they were made)."""
+    if not isinstance(raw, dict):
+        return {}
+    rest = {k: v for k, v in raw.items() if k != "loadBalancer"}
+    lb = raw.get("loadBalancer")
+    if isinstance(lb, dict):
+        lb_rest = {k: v for k, v in lb.items() if k != "ingress"}
+        entries = [e for e in lb.get("ingress") or () if isinstance(e, dict) and set(e) - {"ip"}]
+        if entries:
+            lb_rest["ingress"] = entries
+        if lb_rest:
+            rest["loadBalancer"] = lb_rest
+    return rest
 
 
 def _spec(f: Fields) -> ServiceSpec:
@@ -222,11 +278,19 @@ def _spec(f: Fields) -> ServiceSpec:
     name = f.str("externalName")
     if kind == "ExternalName" and not name:
         f.error("externalName", "is required for type ExternalName")
+    health = f.int("healthCheckNodePort")
+    if health is not None:
+        if kind != "LoadBalancer" or etp != "Local":
+            f.error("healthCheckNodePort", "only a LoadBalancer service with"
+                    " externalTrafficPolicy Local has one")
+        elif not 0 < health < 65536:
+            f.error("healthCheckNodePort", f"{health} is outside 1..65535")
     return ServiceSpec(type=kind, cluster_ips=cluster_ips, headless=headless,
                        ip_families=tuple(families), ip_family_policy=policy, ports=ports,
                        selector=selector, session_affinity=affinity, affinity_timeout=timeout,
                        external_traffic_policy=etp, internal_traffic_policy=itp,
-                       external_ips=tuple(external), load_balancer_ip=lb_ip, external_name=name)
+                       external_ips=tuple(external), load_balancer_ip=lb_ip, external_name=name,
+                       health_check_node_port=health)
 
 
 def _cluster_ips(f: Fields) -> tuple[bool, tuple[IPAddress, ...]]:
@@ -331,6 +395,7 @@ class Endpoint:
     node_name: str = ""
     target: str = ""  # targetRef as "Kind/namespace/name" (pods: "Pod/ns/name")
     hostname: str = ""
+    fqdns: tuple[str, ...] = ()  # the addresses of an FQDN slice's endpoint (no IPs)
 
     @property
     def ready(self) -> bool:
@@ -341,7 +406,7 @@ class Endpoint:
         return self.ready if self.serving_condition is None else self.serving_condition
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"addresses": [str(a) for a in self.addresses]}
+        out: dict[str, Any] = {"addresses": [*(str(a) for a in self.addresses), *self.fqdns]}
         conditions: dict[str, bool] = {}
         if self.ready_condition is not None:
             conditions["ready"] = self.ready_condition
@@ -361,12 +426,19 @@ class Endpoint:
 
 @dataclass(frozen=True, slots=True)
 class EndpointPort:
-    port: int
+    port: int  # 0 only in EndpointSlice.unnumbered_ports
     protocol: str = "TCP"
     name: str = ""
+    app_protocol: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "port": self.port, "protocol": self.protocol}
+        out: dict[str, Any] = {"name": self.name}
+        if self.port:
+            out["port"] = self.port
+        out["protocol"] = self.protocol
+        if self.app_protocol:
+            out["appProtocol"] = self.app_protocol
+        return out
 
 
 @register
@@ -375,36 +447,42 @@ class EndpointSlice(Resource):
     KIND = KindInfo("EndpointSlice", "discovery.k8s.io", "v1", "endpointslices",
                     namespaced=True)
     meta: ObjectMeta
-    address_type: int = 4  # 4: IPv4, 6: IPv6
+    address_type: int = 4  # 4: IPv4, 6: IPv6, FQDN (0): names, no backends
     endpoints: tuple[Endpoint, ...] = ()
     ports: tuple[EndpointPort, ...] = ()
+    # ports without a number ("not restricted"): kube-proxy skips them, and so do
+    # tabby's backends; kept apart (with port 0) so that ``ports`` are all numbered
+    unnumbered_ports: tuple[EndpointPort, ...] = ()
 
     @classmethod
     def parse_body(cls, meta: ObjectMeta, top: Fields) -> Self:
         kind = top.str("addressType", required=True)
-        version = {"IPv4": 4, "IPv6": 6}.get(kind, 4)
+        version = {"IPv4": 4, "IPv6": 6, "FQDN": FQDN}.get(kind, 4)
         if kind and kind not in ADDRESS_TYPES:
-            top.error("addressType", f"{kind!r} is not supported (use IPv4 or IPv6)")
+            top.error("addressType", f"{kind!r} is not one of {', '.join(ADDRESS_TYPES)}")
         items = top.list("endpoints")
         if len(items) > MAX_SLICE_ENDPOINTS:
             top.error("endpoints", f"at most {MAX_SLICE_ENDPOINTS} endpoints per slice")
         endpoints = tuple(_endpoint(Fields(item, path, top.errors), version)
                           for path, item in items)
-        ports = []
+        ports: list[EndpointPort] = []
+        unnumbered: list[EndpointPort] = []
         for path, item in top.list("ports"):
             p = Fields(item, path, top.errors)
-            number = p.int("port", required=True) or 0
-            if not 0 < number < 65536:
+            number = p.int("port") or 0
+            if p.has("port") and not 0 < number < 65536:
                 p.error("port", f"{number} is outside 1..65535")
-            ports.append(EndpointPort(number, p.choice("protocol", PROTOCOLS, "TCP"),
-                                      p.str("name")))
-            p.finish(ignore_unknown=True)  # appProtocol
-        return cls(meta=meta, address_type=version, endpoints=endpoints, ports=tuple(ports))
+            port = EndpointPort(number, p.choice("protocol", PROTOCOLS, "TCP"), p.str("name"),
+                                p.str("appProtocol"))
+            (ports if p.has("port") else unnumbered).append(port)
+            p.finish(ignore_unknown=True)
+        return cls(meta=meta, address_type=version, endpoints=endpoints, ports=tuple(ports),
+                   unnumbered_ports=tuple(unnumbered))
 
     def body(self) -> dict[str, Any]:
         return {"addressType": family_name(self.address_type),
                 "endpoints": [e.to_dict() for e in self.endpoints],
-                "ports": [p.to_dict() for p in self.ports]}
+                "ports": [p.to_dict() for p in (*self.ports, *self.unnumbered_ports)]}
 
     @property
     def service_name(self) -> str:
@@ -415,15 +493,23 @@ class EndpointSlice(Resource):
         return ",".join(str(p.port) for p in self.ports) or "<unset>"
 
     def endpoints_text(self) -> str:
-        addresses = [str(e.addresses[0]) for e in self.endpoints if e.addresses]
+        addresses = [str((*e.addresses, *e.fqdns)[0]) for e in self.endpoints
+                     if e.addresses or e.fqdns]
         more = f" + {len(addresses) - 3} more..." if len(addresses) > 3 else ""
         return ",".join(addresses[:3]) + more if addresses else "<unset>"
 
 
 def _endpoint(e: Fields, version: int) -> Endpoint:
     addresses: list[IPAddress] = []
+    fqdns: list[str] = []
     items = e.list("addresses")
     for path, item in items:
+        if version == FQDN:
+            if not isinstance(item, str) or len(item) > 253 or not _FQDN.match(item):
+                e.errors.append(FieldError(path, f"{item!r} is not a DNS name"))
+            else:
+                fqdns.append(item)
+            continue
         try:
             ip = ipaddress.ip_address(str(item))
         except ValueError:
@@ -446,7 +532,7 @@ def _endpoint(e: Fields, version: int) -> Endpoint:
         target = f"{ref.str('kind', 'Pod')}/{ref.str('namespace')}/{ref.str('name')}"
     ref.finish(ignore_unknown=True)
     out = Endpoint(tuple(addresses), ready, serving, terminating, e.str("nodeName"), target,
-                   e.str("hostname"))
+                   e.str("hostname"), tuple(fqdns))
     e.raw("zone")
     e.raw("hints")
     e.raw("deprecatedTopology")

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 from tabby.errors import FieldError
 from tabby.model.base import CALICO_API, TABBY_GROUP, KindInfo, ObjectMeta, Resource, register
 from tabby.model.fields import Fields
+from tabby.model.schema import Column, KindSchema, array, integer, obj, string, string_map
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -48,6 +49,29 @@ class WorkloadEndpointSpec:
 class WorkloadEndpoint(Resource):
     KIND = KindInfo("WorkloadEndpoint", TABBY_GROUP, "v1", "workloadendpoints", namespaced=True,
                     aliases=(CALICO_API,), short_names=("wep", "weps"))
+    SCHEMA: ClassVar[KindSchema] = KindSchema(spec=obj({
+        "orchestrator": string("Default k8s."),
+        "node": string("The node the pod runs on."),
+        "workload": string("The workload (non-Kubernetes orchestrators)."),
+        "pod": string("The pod's name."),
+        "endpoint": string("The pod's interface (default eth0)."),
+        "containerID": string("The sandbox's container id."),
+        "interfaceName": string("The host side of the pod's veth."),
+        "mac": string("The pod interface's MAC address."),
+        "ipNetworks": array(string(), "The pod's addresses (/32, /128)."),
+        "ports": array(obj({
+            "name": string("The port's name."),
+            "protocol": string("Default TCP."),
+            "port": integer("The port number.", minimum=1, maximum=65535),
+        }, required=["port"]), "The pod's named ports."),
+        "serviceAccountName": string("The pod's service account."),
+        "namespaceLabels": string_map("The namespace's labels at wiring time."),
+        "profiles": array(string(), "Accepted for Calico compatibility; not kept."),
+        "ipNATs": array(obj({"internalIP": string(), "externalIP": string()}),
+                        "Accepted for Calico compatibility; not kept."),
+    }, required=["node"]), columns=(Column("Node", ".spec.node"), Column("Pod", ".spec.pod"),
+                                    Column("Networks", ".spec.ipNetworks"),
+                                    Column("Interface", ".spec.interfaceName", priority=1)))
     meta: ObjectMeta
     spec: WorkloadEndpointSpec
 

@@ -3,6 +3,7 @@
     memory://                       in-process (tests)
     sqlite:///var/lib/tabby/tabby.db one file, WAL, shared by processes (default)
     etcd://127.0.0.1:2379[,h:p...]  etcd v3 through its HTTP gateway
+    kubernetes:///path/kubeconfig   the Kubernetes API (kubernetes:// in a pod: in-cluster)
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def store_url(flag: str | None = None) -> str:
 def open_store(url: str) -> Store:
     scheme, sep, rest = url.partition("://")
     if not sep:
-        raise ConfigError(f"datastore {url!r}: expected sqlite:///PATH, etcd://HOST:PORT or memory://")
+        raise ConfigError(f"datastore {url!r}: expected sqlite:///PATH, etcd://HOST:PORT,"
+                          " kubernetes:///KUBECONFIG or memory://")
     if scheme == "memory":
         from tabby.store.memory import MemoryStore
         return MemoryStore()
@@ -42,4 +44,11 @@ def open_store(url: str) -> Store:
         if not endpoints:
             raise ConfigError(f"datastore {url!r}: name at least one etcd endpoint HOST:PORT")
         return EtcdStore(endpoints)
-    raise ConfigError(f"datastore {url!r}: unknown scheme {scheme!r} (sqlite, etcd or memory)")
+    if scheme == "kubernetes":
+        from tabby.store.kubernetes import KubernetesStore
+        if rest and not rest.startswith("/"):
+            raise ConfigError(f"datastore {url!r}: the kubeconfig path must be absolute"
+                              " (kubernetes:///PATH), or give none for in-cluster credentials")
+        return KubernetesStore(rest or None)
+    raise ConfigError(f"datastore {url!r}: unknown scheme {scheme!r}"
+                      " (sqlite, etcd, kubernetes or memory)")

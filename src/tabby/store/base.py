@@ -25,7 +25,8 @@ A watch that asks for history the backend has compacted away raises
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,6 +98,25 @@ class Watch(abc.ABC):
         self.close()
 
 
+class FilteredWatch(Watch):
+    """Another watch's events for some resources only."""
+
+    def __init__(self, inner: Watch, resources: frozenset[str]) -> None:
+        self._inner = inner
+        self._resources = resources
+
+    def next(self, timeout: float) -> list[Event]:
+        deadline = time.monotonic() + timeout
+        while True:
+            events = [e for e in self._inner.next(timeout) if e.key.resource in self._resources]
+            timeout = deadline - time.monotonic()
+            if events or timeout <= 0:
+                return events
+
+    def close(self) -> None:
+        self._inner.close()
+
+
 class Store(abc.ABC):
     """One datastore. Thread-safe; several processes may open the same SQLite file."""
 
@@ -132,6 +152,17 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def watch(self, resource: str | None, start_revision: int) -> Watch:
         """Events for ``resource`` (None: every resource) from ``start_revision`` on."""
+
+    def watch_many(self, resources: Iterable[str], start_revision: int) -> Watch:
+        """Events for the named resources only (backends that watch per resource
+        open just those; the rest filter the watch of everything)."""
+        return FilteredWatch(self.watch(None, start_revision), frozenset(resources))
+
+    def update_status(self, key: Key, value: Value, revision: int) -> Item:
+        """Write an object's status (CAS as ``update``). Backends with a status
+        subresource (Kubernetes) write only the status there; the rest replace
+        the whole object."""
+        return self.update(key, value, revision)
 
     def close(self) -> None:  # noqa: B027 - optional for backends holding nothing
         """Release connections."""

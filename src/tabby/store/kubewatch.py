@@ -1,0 +1,188 @@
+"""Watching the Kubernetes API for the store contract: one stream per resource.
+
+Each resource gets a reader thread that holds one watch request open
+(``?watch=1&resourceVersion=RV&allowWatchBookmarks=true&timeoutSeconds=T``)
+and feeds the shared queue ``next`` drains. The thread remembers the last
+resourceVersion it saw, from events and from bookmarks (the API server's
+"nothing for you up to here"), and when a stream ends (the server's timeout)
+or breaks (connection reset, API server restarted) it opens the next one from
+there: no gaps, no duplicates. A start the server no longer has in its history
+(HTTP 410 Gone, or an ERROR event with code 410) is ``Compacted``: the caller
+lists again. If the API server cannot be reached for ``op_timeout`` the watch
+raises ``Unavailable``; 401/403 raise ``Forbidden`` at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import queue
+import threading
+import time
+from typing import Any
+
+import urllib3
+
+from tabby.errors import Compacted, StoreError, Unavailable
+from tabby.kube.resources import APIResource
+from tabby.store.base import Event, Watch
+from tabby.store.kubernetes import KubernetesStore, _key_of, error_for, served_value
+
+log = logging.getLogger(__name__)
+Json = dict[str, Any]
+
+
+class KubernetesWatch(Watch):
+    def __init__(self, store: KubernetesStore, resources: list[tuple[str, APIResource]],
+                 start_revision: int) -> None:
+        self._store = store
+        self._queue: queue.Queue[list[Event] | StoreError] = queue.Queue()
+        self._error: StoreError | None = None
+        self._stop = threading.Event()
+        self.closed = False
+        self._readers = [_Reader(self, n, r, start_revision) for n, r in resources]
+        for reader in self._readers:
+            reader.thread.start()
+
+    def next(self, timeout: float) -> list[Event]:
+        if self._error is not None:
+            raise self._error
+        got: list[list[Event] | StoreError] = []
+        try:
+            got.append(self._queue.get(timeout=timeout) if timeout > 0
+                       else self._queue.get_nowait())
+            while True:
+                got.append(self._queue.get_nowait())
+        except queue.Empty:
+            pass
+        events: list[Event] = []
+        for batch in got:
+            if isinstance(batch, StoreError):
+                self._error = batch  # raised now, or on the next call after these events
+                break
+            events.extend(batch)
+        if not events and self._error is not None:
+            raise self._error
+        return events
+
+    def close(self) -> None:
+        self.closed = True
+        self._stop.set()
+        for reader in self._readers:
+            reader.interrupt()
+        for reader in self._readers:
+            if reader.thread is not threading.current_thread():
+                reader.thread.join(timeout=2.0)
+
+
+class _Reader:
+    """One resource's stream, resumed from its last resourceVersion."""
+
+    def __init__(self, watch: KubernetesWatch, name: str, res: APIResource, start: int) -> None:
+        self.watch = watch
+        self.name = name  # the store's resource name
+        self.res = res
+        self.start = start
+        self.rv = str(max(start - 1, 1))
+        self._resp: Any = None
+        self._lock = threading.Lock()
+        self.thread = threading.Thread(target=self.run, daemon=True,
+                                       name=f"k8s-watch {res.name}@{start}")
+
+    def interrupt(self) -> None:
+        with self._lock:
+            resp = self._resp
+        if resp is not None:
+            with contextlib.suppress(Exception):
+                resp.response.shutdown()
+
+    def run(self) -> None:
+        try:
+            self.loop()
+        except StoreError as e:
+            self.watch._queue.put(e)
+        except Exception as e:  # a reader must never die silently
+            self.watch._queue.put(StoreError(f"kubernetes watch {self.name}: {e!r}"))
+
+    def loop(self) -> None:
+        store = self.watch._store
+        stop = self.watch._stop
+        down_since: float | None = None
+        delay = 0.1
+        while not stop.is_set():
+            try:
+                self.stream()
+                down_since, delay = None, 0.1
+                continue  # the server ended the stream (timeoutSeconds): go on from self.rv
+            except (urllib3.exceptions.HTTPError, OSError, ValueError) as e:
+                if stop.is_set():
+                    return
+                now = time.monotonic()
+                down_since = down_since or now
+                if now - down_since > store.op_timeout:
+                    raise Unavailable(f"kubernetes watch {self.name}: API server"
+                                      f" unreachable for {store.op_timeout:.0f}s ({e})") from e
+                log.debug("watch %s broke (%s); resuming from %s", self.name, e, self.rv)
+            stop.wait(delay)
+            delay = min(delay * 2, 1.0)
+
+    def stream(self) -> None:
+        store = self.watch._store
+        query = {"watch": "1", "resourceVersion": self.rv, "allowWatchBookmarks": "true",
+                 "timeoutSeconds": str(store.watch_timeout)}
+        resp = store.send("GET", self.res.collection(None), query=query,
+                          timeout=(store.request_timeout, store.watch_timeout + 30.0))
+        with self._lock:
+            self._resp = resp
+        try:
+            if resp.status != 200:
+                err = error_for(resp.status, resp.read(), f"watch {self.name}")
+                if resp.status == 410:
+                    raise self._compacted()
+                if isinstance(err, StoreError) and resp.status in (401, 403, 404):
+                    raise err
+                raise OSError(f"HTTP {resp.status}: {err}")
+            buf = b""
+            for chunk in resp.response.stream(65536, decode_content=True):
+                if self.watch._stop.is_set():
+                    return
+                buf += chunk
+                if b"\n" not in buf:
+                    continue
+                *lines, buf = buf.split(b"\n")
+                events = [e for e in (self.handle(json.loads(line)) for line in lines
+                                      if line.strip()) if e is not None]
+                if events:
+                    self.watch._queue.put(events)
+        finally:
+            with self._lock:
+                self._resp = None
+            with contextlib.suppress(Exception):
+                resp.response.release_conn()
+
+    def handle(self, msg: Json) -> Event | None:
+        kind = msg.get("type")
+        obj: Json = msg.get("object") or {}
+        if kind == "ERROR":
+            code = int(obj.get("code") or 0)
+            if code == 410:
+                raise self._compacted()
+            raise ValueError(f"watch error {code}: {obj.get('message', '')}")
+        rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+        if rv:
+            self.rv = rv
+        if kind == "BOOKMARK" or not rv:
+            return None
+        revision = int(rv)
+        if revision < self.start:
+            return None
+        key = _key_of(self.name, obj)
+        if kind == "DELETED":
+            return Event("DELETE", key, served_value(obj), revision)
+        return Event("PUT", key, served_value(obj), revision)
+
+    def _compacted(self) -> Compacted:
+        return Compacted(f"kubernetes watch {self.name}: resourceVersion {self.rv} is no"
+                         " longer in the API server's history (410 Gone); list again and"
+                         " watch from its revision")
