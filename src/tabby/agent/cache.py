@@ -123,6 +123,10 @@ class StoreCache:
             self._tombstones = {k: r for k, r in self._tombstones.items() if r > self.revision}
         return changed
 
+    def resources(self) -> list[str]:
+        """The store resources the cache follows (what the agent's watch asks for)."""
+        return sorted(self._kinds)
+
     def put(self, obj: Resource) -> None:
         """Record an object the agent itself just wrote (its resourceVersion is set)."""
         with self._lock:

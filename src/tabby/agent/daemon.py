@@ -168,7 +168,7 @@ class Agent:
             start = self.cache.load()
         self.metrics.store_relists.inc()
         self._last_full = 0.0  # after a relist, read the kernel back too
-        return self.store.watch(None, start + 1)
+        return self.store.watch_many(self.cache.resources(), start + 1)
 
     def _follow(self, watch: Watch, wait: float) -> bool:
         """Take one burst of events (waiting up to ``wait`` for it); True if that matters."""

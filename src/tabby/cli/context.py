@@ -20,6 +20,16 @@ def lab_name(args: argparse.Namespace) -> str:
     return str(getattr(args, "lab", None) or os.environ.get(LAB_ENV) or DEFAULT_LAB)
 
 
+def wiring_lab(args: argparse.Namespace) -> object | None:
+    """The selected lab if it is up and wires pods itself (SQLite, etcd): there
+    ``apply`` of a Pod or Service goes through the lab. A Kubernetes-mode lab's
+    API server, scheduler, controllers and kubelet stand-ins do that work."""
+    lab = running_lab(args)
+    if lab is None or str(getattr(lab, "datastore", "")).startswith("kubernetes://"):
+        return None
+    return lab
+
+
 def running_lab(args: argparse.Namespace) -> object | None:
     """The LabState of the selected lab if it is up, else None."""
     try:

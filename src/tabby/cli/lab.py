@@ -19,6 +19,7 @@ from tabby.cli.context import lab_name
 from tabby.cli.output import table
 from tabby.lab import system
 from tabby.lab.bgp import bird_socket
+from tabby.lab.datastore import kubeconfig
 from tabby.lab.state import LabState, require
 from tabby.lab.topology import BGP_MODES, DATASTORES, ENCAPS, STACKS
 
@@ -110,6 +111,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     state = Lab(topology).up(ProgressPrinter())
     print(f"lab {name} is up: {len(state.nodes)} nodes, {args.stack}, datastore"
           f" {state.datastore} ({time.monotonic() - started:.1f}s)")
+    kc = kubeconfig(state)
+    if kc is not None:
+        print(f"kubectl: export KUBECONFIG={kc}")
     return 0
 
 
@@ -180,6 +184,7 @@ def describe(state: LabState) -> dict[str, Any]:
         "processes": [{"role": p.role, "pid": p.pid} for p in state.procs],
         **({"ext": {"netns": t.ext.netns, "addresses": [str(a) for a in t.ext.addresses]}}
            if t.ext else {}),
+        **({"kubeconfig": str(kc)} if (kc := kubeconfig(state)) is not None else {}),
     }
 
 

@@ -14,15 +14,15 @@ from collections.abc import Sequence
 
 from tabby.errors import TabbyError, ValidationError
 
-SUBCOMMANDS = ("resources", "ipam", "agent", "lab", "node", "policy")
+SUBCOMMANDS = ("resources", "ipam", "agent", "controllers", "lab", "node", "policy")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tabby", description="tabby: a Calico-style network for Kubernetes, in Python.")
     parser.add_argument("--datastore", metavar="URL",
-                        help="sqlite:///PATH, etcd://HOST:PORT[,...] or memory:// "
-                             "(default: $TABBY_DATASTORE, else the lab's, else "
+                        help="sqlite:///PATH, etcd://HOST:PORT[,...], kubernetes:///KUBECONFIG"
+                             " or memory:// (default: $TABBY_DATASTORE, else the lab's, else "
                              "sqlite:///var/lib/tabby/tabby.db)")
     parser.add_argument("--lab", metavar="NAME",
                         help="the lab to act on (default: $TABBY_LAB, else 'tabby')")

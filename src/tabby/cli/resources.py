@@ -18,7 +18,7 @@ import yaml
 
 from tabby.calc.ipip import ipip_warning
 from tabby.cli import output
-from tabby.cli.context import open_client, running_lab
+from tabby.cli.context import open_client, wiring_lab
 from tabby.errors import FieldError, NotFound, TabbyError, ValidationError
 from tabby.model import (
     IPPool,
@@ -109,7 +109,7 @@ def parse_documents(paths: list[str]) -> tuple[list[Resource], list[str]]:
 def cmd_apply(args: argparse.Namespace) -> int:
     objects, errors = parse_documents(args.filename)
     client = open_client(args)
-    lab = running_lab(args)
+    lab = wiring_lab(args)
     # Namespaces before the pods that live in them, whatever the file order.
     objects.sort(key=lambda o: 0 if isinstance(o, Namespace) else 1)
     pods = [o for o in objects if isinstance(o, Pod)] if lab is not None else []
@@ -225,7 +225,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
     else:
         raise TabbyError("delete needs -f FILE or KIND NAME...")
     client = open_client(args)
-    lab = running_lab(args)
+    lab = wiring_lab(args)
     for cls, name, ns in targets:
         label = f"{cls.KIND.kind.lower()}/{name}"
         try:

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 from tabby.errors import LabError, TabbyError
 from tabby.lab import bgp, datastore, frr, system
 from tabby.lab.cni import CNIRuntime, cni_conflist, portmap_version
-from tabby.lab.state import LabState, Link, NodeRecord, StateFile, lab_dir, load
+from tabby.lab.state import LabState, Link, NodeRecord, Proc, StateFile, lab_dir, load
 from tabby.lab.topology import NodePlan, Topology
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -43,6 +43,8 @@ NODE_SYSCTLS = {
 }
 AGENT_METRICS = "127.0.0.1:9099"  # inside each node's own namespace
 AGENT_TIMEOUT = 60.0
+KUBELET_TIMEOUT = 60.0
+EARLY_ROLES = ("kubelet ", "controllers")  # stopped first: they act on the API server's news
 WORKERS = 8
 
 
@@ -132,7 +134,8 @@ class Lab:
         t = self.topology
         state = self.state_file.read()
         for node in state.nodes:
-            argv = system.in_netns(node.netns, [*agent_argv(state.datastore, node, t.mtu),
+            url = datastore.node_url(state, node.name)
+            argv = system.in_netns(node.netns, [*agent_argv(url, node, t.mtu),
                                                 *bgp.agent_flags(t, node)])
             proc = system.spawn(argv, f"agent {node.name}", node.agent_log)
             record = dataclasses.replace(node, agent=proc)
@@ -143,6 +146,33 @@ class Lab:
             bgp.wait_sessions(state, bgp.SESSION_TIMEOUT, report)
             birds = bgp.birds(state)  # each agent started its node's BIRD
             self.state_file.mutate(lambda s: dataclasses.replace(s, procs=(*s.procs, *birds)))
+        if t.datastore == "kubernetes":
+            self._kubernetes_parts(report)
+
+    def _kubernetes_parts(self, report: Progress) -> None:
+        """A kubelet stand-in per node (pods come from the API server now), and the
+        cluster controllers (LoadBalancer addresses)."""
+        from tabby.kube.cluster import CONTROLLERS_USER
+        state = self.state_file.read()
+        for node in state.nodes:
+            kc = datastore.identity(state, f"kubelet-{node.name}", f"system:node:{node.name}",
+                                    ["system:nodes"])
+            argv = [sys.executable, "-m", "tabby.lab.kubelet", "--lab", state.name,
+                    "--node", node.name, "--kubeconfig", str(kc)]
+            proc = system.spawn_ready(argv, f"kubelet {node.name}", node.dir / "kubelet.log",
+                                      KUBELET_TIMEOUT)
+            self.state_file.mutate(functools.partial(_first_proc, proc=proc))
+            report("kubelets", state.nodes.index(node) + 1, len(state.nodes))
+        kc = datastore.identity(state, "controllers", CONTROLLERS_USER, [])
+        argv = [*tabby_command(), "--datastore", f"kubernetes://{kc}", "controllers"]
+        proc = system.spawn_ready(argv, "controllers", self.dir / "controllers.log",
+                                  KUBELET_TIMEOUT)
+        self.state_file.mutate(functools.partial(_first_proc, proc=proc))
+        report("controllers", 1, 1)
+
+
+def _first_proc(state: LabState, proc: Proc) -> LabState:
+    return dataclasses.replace(state, procs=(proc, *state.procs))
 
 
 def tor_commands(t: Topology) -> list[str]:
@@ -233,11 +263,14 @@ def down(name: str, grace: float = 5.0) -> LabState:
 def teardown(state: LabState, grace: float = 5.0) -> None:
     """Stop the recorded processes, delete the recorded links and namespaces, then the
     lab's directory. Safe to repeat; tolerates what is already gone."""
+    early = [p for p in state.procs if p.role.startswith(EARLY_ROLES)]
+    system.stop(early, grace)  # kubelet stand-ins and controllers: nobody acts on news now
     workloads = [p for p in state.all_procs() if p not in state.procs]
     system.stop(workloads, grace)  # listeners and agents, while their datastore still answers
     # BIRDs the agents (re)started since they were recorded, now that no agent restarts one
     birds = [p for p in bgp.birds(state) if p not in state.procs]
-    for proc in (*birds, *state.procs):  # one by one: etcd members stopped together stall
+    rest = [p for p in state.procs if p not in early]
+    for proc in (*birds, *rest):  # one by one: etcd members stopped together stall
         system.stop([proc], grace)
     present = system.netns_list()
     by_netns: dict[str, list[str]] = {}

@@ -10,9 +10,19 @@ where 127.0.0.1 is the node's own loopback, so one relay process
 and forwards to the member: the datastore URL is the same everywhere. Only the
 datastore's own connections cross namespaces; pod and fabric traffic never do.
 
+``kubernetes``: a real control plane (``tabby.kube.controlplane``: etcd,
+kube-apiserver, kube-controller-manager, kube-scheduler, TLS and RBAC on) on
+the root namespace's 127.0.0.1, its API server relayed into every node like
+etcd above; tabby's CRDs and roles installed (``tabby.kube.cluster``). The CLI
+uses the admin kubeconfig (``<lab>/k8s/admin.kubeconfig``, the ``kubeconfig``
+of ``tabby lab status -o json``); each agent its own identity
+(``tabby:node:<node>`` in group ``tabby:nodes``), each kubelet stand-in its
+node's (``system:node:<node>``), the controllers ``tabby:controllers``.
+
 Seeding writes what a cluster's installer would: the IP pools, one ``Node``
 per lab node (fabric addresses in ``spec.bgp``), and the ``default`` namespace;
-with ``--bgp``, the BGP resources of the mode (``tabby.lab.bgp``).
+with ``--bgp``, the BGP resources of the mode (``tabby.lab.bgp``); on
+Kubernetes also the LoadBalancer pools (the SQLite lab makes them on first use).
 """
 
 from __future__ import annotations
@@ -22,8 +32,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from tabby.lab import bgp, relay, system
-from tabby.lab.state import Proc, StateFile
+from tabby.lab.state import LabState, Proc, StateFile
 from tabby.lab.topology import NodePlan, PoolPlan, Topology
 from tabby.model import IPPool, Namespace, Node
 from tabby.model.base import TABBY_API
@@ -35,6 +47,7 @@ ETCD_MEMBERS = 3
 # referenced keeps the Popen handles from warning about running children.
 _STARTED: list[object] = []
 RELAY_TIMEOUT = 10.0
+K8S_DIR = "k8s"
 
 
 def start(t: Topology, state_file: StateFile) -> str:
@@ -43,7 +56,68 @@ def start(t: Topology, state_file: StateFile) -> str:
         url = f"sqlite://{state_file.dir / 'store.db'}"
         state_file.mutate(lambda s: dataclasses.replace(s, datastore=url))
         return url
+    if t.datastore == "kubernetes":
+        return _start_kubernetes(t, state_file)
     return _start_etcd(t, state_file)
+
+
+def _start_kubernetes(t: Topology, state_file: StateFile) -> str:
+    from tabby.kube import cluster
+    from tabby.kube.controlplane import ControlPlane
+    from tabby.lab.services import CLUSTER_RANGES
+    from tabby.store.kubernetes import KubernetesStore
+    cp = ControlPlane(state_file.dir / K8S_DIR,
+                      service_ranges=[str(CLUSTER_RANGES[v]) for v in t.families])
+    try:
+        cp.start()
+    finally:  # recorded even half-started, so that lab down ends them
+        _STARTED.append(cp)
+        procs = [Proc(pid, system.start_time(pid) or 0, role)
+                 for role, pid in _stop_order(cp.pids)]
+        state_file.mutate(lambda s: dataclasses.replace(s, procs=(*s.procs, *procs)))
+    url = f"kubernetes://{cp.admin_kubeconfig}"
+    state_file.mutate(lambda s: dataclasses.replace(s, datastore=url))
+    proc = start_relay([n.netns for n in t.nodes], [cp.api_port], state_file.dir / "relay.log")
+    state_file.mutate(lambda s: dataclasses.replace(s, procs=(*s.procs, proc)))
+    store = KubernetesStore(str(cp.admin_kubeconfig))
+    try:
+        cluster.install(store)
+    finally:
+        store.close()
+    return url
+
+
+def _stop_order(pids: dict[str, int]) -> list[tuple[str, int]]:
+    """Control-plane processes in the order teardown should stop them."""
+    rank = {"kube-scheduler": 0, "kube-controller-manager": 1, "kube-apiserver": 2}
+    return sorted(pids.items(), key=lambda rp: rank.get(rp[0], 3))
+
+
+def node_url(state: LabState, node: str) -> str:
+    """The datastore URL node ``node``'s agent uses: the lab's, or on Kubernetes one
+    with the agent's own identity."""
+    if not state.datastore.startswith("kubernetes://"):
+        return state.datastore
+    from tabby.kube.cluster import NODE_GROUP
+    return f"kubernetes://{identity(state, f'agent-{node}', f'tabby:node:{node}', [NODE_GROUP])}"
+
+
+def identity(state: LabState, name: str, user: str, groups: list[str]) -> Path:
+    """A kubeconfig for ``user`` in ``groups``, signed by the lab's control-plane CA."""
+    from tabby.kube.pki import PKI, write_kubeconfig
+    directory = state.dir / K8S_DIR
+    pki = PKI.load(directory / "pki")
+    admin = yaml.safe_load((directory / "admin.kubeconfig").read_text())
+    server = admin["clusters"][0]["cluster"]["server"]
+    return write_kubeconfig(directory / f"{name}.kubeconfig", server, pki.ca_path,
+                            pki.client(name, user, groups), user=user)
+
+
+def kubeconfig(state: LabState) -> Path | None:
+    """The admin kubeconfig of a Kubernetes-mode lab (None for other datastores)."""
+    if not state.datastore.startswith("kubernetes://"):
+        return None
+    return Path(state.datastore.removeprefix("kubernetes://"))
 
 
 def _start_etcd(t: Topology, state_file: StateFile) -> str:
@@ -82,6 +156,14 @@ def seed(t: Topology, url: str) -> None:
             client.apply(obj)
         client.apply(Namespace.from_manifest(
             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}}))
+        if t.datastore == "kubernetes":
+            from tabby.lab.services import LB_POOLS
+            for version in t.families:
+                name, cidr = LB_POOLS[version]
+                client.apply(IPPool.from_manifest({
+                    "apiVersion": TABBY_API, "kind": "IPPool", "metadata": {"name": name},
+                    "spec": {"cidr": str(cidr), "blockSize": 26 if version == 4 else 122,
+                             "allowedUses": ["LoadBalancer"]}}))
     finally:
         store.close()
 

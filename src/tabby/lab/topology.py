@@ -35,7 +35,7 @@ STACKS = {"ipv4": (4,), "ipv6": (6,), "dual": (4, 6)}
 ENCAPS = ("none", "vxlan", "vxlan-crosssubnet")
 VXLAN_MODES = {"none": "Never", "vxlan": "Always", "vxlan-crosssubnet": "CrossSubnet"}
 BGP_MODES = ("none", "mesh", "rr", "tor")
-DATASTORES = ("sqlite", "etcd")
+DATASTORES = ("sqlite", "etcd", "kubernetes")
 SUPPORTED = {"encap": ENCAPS, "bgp": BGP_MODES}
 
 FABRIC_V4 = ipaddress.IPv4Network("198.18.0.0/16")  # racks: 198.18.<rack-1>.0/24

@@ -60,6 +60,10 @@ class ObjectMeta:
     uid: str = ""
     resource_version: str = ""
     creation_timestamp: str = ""
+    # The rest of a served object's metadata (finalizers, ownerReferences,
+    # deletionTimestamp, ...), kept as it is so that writing the object back
+    # (a status update, a relabel) never drops what others put there.
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, f: Fields, info: KindInfo, *, name_pattern: re.Pattern[str] | None = None
@@ -87,6 +91,7 @@ class ObjectMeta:
             uid=f.str("uid"),
             resource_version=f.str("resourceVersion"),
             creation_timestamp=f.str("creationTimestamp"),
+            extra={k: v for k, v in f.data.items() if k not in _META_KNOWN},
         )
         f.finish(ignore_unknown=True)  # kubectl-written metadata carries more than we use
         return meta
@@ -105,7 +110,14 @@ class ObjectMeta:
             out["resourceVersion"] = self.resource_version
         if self.creation_timestamp:
             out["creationTimestamp"] = self.creation_timestamp
+        for key, value in self.extra.items():
+            out.setdefault(key, value)
         return out
+
+
+# Metadata fields typed above, and the server's bookkeeping nobody writes back.
+_META_KNOWN = frozenset({"name", "namespace", "labels", "annotations", "uid", "resourceVersion",
+                         "creationTimestamp", "managedFields", "generation", "selfLink"})
 
 
 def check_label(f: Fields, path: str, key: str, value: str) -> None:

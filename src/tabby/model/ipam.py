@@ -13,17 +13,29 @@
 - IPAMConfiguration ``default``: strictAffinity, maxBlocksPerHost.
 
 The IPAM engine (``tabby.ipam``) owns all writes; these are its data.
+
+Names (``block_name``, ``affinity_name``, ``handle_name``) are always valid Kubernetes
+object names and one-to-one (``tabby.model.names``): the readable form above while it is
+a valid name, else a readable stem and a digest. What changed for stores written before
+(SQLite, etcd): handles whose id was not a valid name (upper case, '_', other
+characters) are now written under a hashed name; the old one is still read
+(``legacy_handle_name``), so their addresses are found and released. Block and
+affinity names did not change, except affinities whose ``<node>-<block>`` exceeded 253
+characters or was not a valid name (the API server could not have stored those) and
+blocks of ``::/n`` ranges (a name starting with '-').
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
 from tabby.model.base import CALICO_API, TABBY_GROUP, KindInfo, ObjectMeta, Resource, register
 from tabby.model.fields import Fields
+from tabby.model.names import name_prefix, object_name
 from tabby.model.schema import (
     Column,
     KindSchema,
@@ -41,9 +53,14 @@ _ANY_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 AFFINITY_STATES = ("pending", "confirmed", "pendingDeletion")
 
 
-def block_name(cidr: IPNetwork) -> str:
-    """``198.19.0.64/26`` -> ``198-19-0-64-26``; ``fd7a:bb1e::/122`` -> ``fd7a-bb1e---122``."""
+def _dashed(cidr: IPNetwork) -> str:
     return str(cidr).replace(".", "-").replace(":", "-").replace("/", "-")
+
+
+def block_name(cidr: IPNetwork) -> str:
+    """``198.19.0.64/26`` -> ``198-19-0-64-26``; ``fd7a:bb1e::/122`` -> ``fd7a-bb1e---122``.
+    (A block starting ``::`` would start with '-': it gets a hashed name, see ``names``.)"""
+    return object_name(_dashed(cidr), fallback="block")
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +220,18 @@ class BlockAffinity(Resource):
 
 
 def affinity_name(node: str, cidr: IPNetwork) -> str:
-    return f"{node}-{block_name(cidr)}"
+    """``<node>-<block>`` (Calico's name) while that is a valid name of at most 253
+    characters; else a readable stem and the digest of (node, cidr). Names that read two
+    ways (node ``a-1`` + ``fd7a::/122`` and node ``a`` + ``1:fd7a::/122``) are kept as they
+    always were, for existing stores: ``tabby.ipam.records`` checks an affinity's node and
+    CIDR before taking it for its own."""
+    return object_name(f"{node}-{_dashed(cidr)}", identity=json.dumps([node, str(cidr)]),
+                       fallback="affinity")
+
+
+def affinity_prefix(node: str) -> str:
+    """A name prefix of all of ``node``'s affinities (list by it, then check spec.node)."""
+    return name_prefix(f"{node}-")
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,7 +273,23 @@ class IPAMHandle(Resource):
 
 
 def handle_name(handle_id: str) -> str:
-    """Handle ids may hold characters names cannot; keep them readable but safe."""
+    """The IPAMHandle's name: the id itself when it is a valid name (a lowercase RFC 1123
+    subdomain, as ``k8s-pod-network.<container id>.eth0`` is), else a readable stem and
+    the id's digest (``tabby.ns.ABC_1.eth0`` -> ``tabby-ns-abc-1-eth0-<16 hex>``). The id
+    itself is kept in spec.handleID."""
+    return object_name(handle_id, fallback="handle")
+
+
+def handle_prefix(prefix: str) -> str:
+    """A name prefix of every handle whose id starts with ``prefix`` (list, then check the
+    spec's id): it covers the names of ``legacy_handle_name`` too."""
+    return name_prefix(prefix)
+
+
+def legacy_handle_name(handle_id: str) -> str:
+    """The name tabby gave handles before (it kept upper case and '_', which the API server
+    refuses, and could give two ids one name). Still read, so that handles stored on
+    SQLite or etcd under it are found and released."""
     return re.sub(r"[^A-Za-z0-9_.-]", "-", handle_id).strip("-.")[:253] or "handle"
 
 

@@ -10,12 +10,14 @@ reads both).
 from __future__ import annotations
 
 import ipaddress
+import json
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
 from tabby.errors import FieldError
 from tabby.model.base import CALICO_API, TABBY_GROUP, KindInfo, ObjectMeta, Resource, register
 from tabby.model.fields import Fields
+from tabby.model.names import object_name
 from tabby.model.schema import Column, KindSchema, array, integer, obj, string, string_map
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -132,7 +134,14 @@ class WorkloadEndpoint(Resource):
 
 
 def endpoint_name(node: str, pod: str, interface: str = "eth0") -> str:
-    """Calico's naming: ``<node>-k8s-<pod>-<iface>`` with '-' doubled inside parts."""
+    """Calico's naming: ``<node>-k8s-<pod>-<iface>`` with '-' doubled inside parts, while
+    that is a valid Kubernetes name (at most 253 characters, lower case: ``Eth0`` is a legal
+    CNI interface name) and reads back one way (no part empty or starting or ending with
+    '-'); else a readable stem and the digest of the three parts (``tabby.model.names``).
+    The endpoint's spec keeps node, pod and interface as they are."""
     parts = (node, "k8s", pod, interface)
-    return "-".join(p.replace("-", "--") for p in parts)
+    calico = "-".join(p.replace("-", "--") for p in parts)
+    one_way = all(p and not p.startswith("-") and not p.endswith("-") for p in parts)
+    return object_name(calico, identity=json.dumps([node, pod, interface]), keep=one_way,
+                       fallback="endpoint")
 

@@ -88,7 +88,7 @@ def allocate(svc: Service, others: Iterable[Service], ranges: Ranges,
         spec = dataclasses.replace(spec, ports=_node_ports(svc, others, ranges, errors))
     out = dataclasses.replace(svc, spec=spec)
     if spec.type == "LoadBalancer":
-        out = dataclasses.replace(out, ingress=_ingress(out, others, lb_pools, errors))
+        out = dataclasses.replace(out, ingress=ingress_for(out, others, lb_pools, errors))
     else:
         out = dataclasses.replace(out, ingress=())
     if errors:
@@ -206,7 +206,7 @@ def _node_ports(svc: Service, others: Sequence[Service], ranges: Ranges,
     return tuple(out)
 
 
-def _ingress(svc: Service, others: Sequence[Service], pools: Sequence[IPPool],
+def ingress_for(svc: Service, others: Sequence[Service], pools: Sequence[IPPool],
              errors: list[FieldError]) -> tuple[IPAddress, ...]:
     taken = {ip for o in others for ip in (*o.ingress, *o.spec.external_ips)}
     taken |= {o.spec.load_balancer_ip for o in others if o.spec.load_balancer_ip is not None}
