@@ -2,13 +2,16 @@
 PY := .venv/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: bootstrap demo test test-unit test-netns bench lint crds clean
+.PHONY: bootstrap demo demo-k8s test test-unit test-netns bench lint crds clean
 
 bootstrap:
 	@scripts/bootstrap
 
 demo: bootstrap
 	@$(PY) -m tabby.demo
+
+demo-k8s: bootstrap
+	@$(PY) -m tabby.demo_k8s
 
 test: bootstrap
 	$(PYTEST) -q tests/unit tests/golden

@@ -23,7 +23,7 @@ from types import FrameType
 from bench.report import Failure, Row, render
 from bench.session import Session
 
-BENCHMARKS = ("ipam", "cni", "throughput", "vxlan", "services", "policy", "bgp")
+BENCHMARKS = ("ipam", "cni", "throughput", "vxlan", "services", "policy", "bgp", "kubeclient")
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = ROOT / "docs" / "benchmarks.md"
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import importlib
 import json
 import os
@@ -132,7 +133,7 @@ class Cluster:
         headers = {"Accept": "application/json", "Content-Type": content_type}
         method, url, headers, body_out, _ = self.api.param_serialize(
             method, path, header_params=headers, body=body, auth_settings=["BearerToken"])
-        resp = self.api.call_api(method, url + query, header_params=headers, body=body_out,
+        resp: Any = self.api.call_api(method, url + query, header_params=headers, body=body_out,
                                  _request_timeout=(10.0, 60.0))
         data = resp.read()
         if not 200 <= resp.status < 300:
@@ -164,6 +165,18 @@ class Cluster:
                                                       "shard": f"s{i % 31}"}},
                 "data": {"payload": PAYLOAD, "seq": "0"}})
         return self.parallel(create, list(enumerate(names)))
+
+    def settle(self, timeout: float = 60.0) -> int:
+        """Wait until the controller manager has put its kube-root-ca.crt ConfigMap in
+        every namespace (so every candidate lists the same items); how many there are."""
+        deadline = time.monotonic() + timeout
+        while True:
+            spaces = len(self.call("GET", "/api/v1/namespaces")["items"])
+            roots = self.call("GET", "/api/v1/configmaps",
+                              query="?fieldSelector=metadata.name%3Dkube-root-ca.crt")["items"]
+            if len(roots) >= spaces or time.monotonic() > deadline:
+                return len(self.call("GET", "/api/v1/configmaps")["items"])
+            time.sleep(0.2)
 
     def update(self, names: list[tuple[str, str]], tag: str) -> float:
         def patch(item: tuple[str, str]) -> None:
@@ -204,17 +217,21 @@ def child(python: Path, spec: dict[str, Any],
         return result
 
 
-def import_time(python: Path, code: str) -> float:
-    program = ("import time; t = time.perf_counter(); " + code
-               + "; print(time.perf_counter() - t)")
-    times = []
+def import_time(python: Path, code: str) -> tuple[float, float]:
+    """Median seconds to import (of 5 fresh processes) and the RSS after it (MiB)."""
+    program = ("import re, time; t = time.perf_counter(); " + code
+               + "; took = time.perf_counter() - t; status = open('/proc/self/status').read();"
+               " print(took, re.search(r'VmRSS:\\s+(\\d+)', status).group(1))")
+    times, rss = [], []
     for _ in range(6):  # the first run writes .pyc files: not counted
         done = subprocess.run([str(python), "-c", program], capture_output=True, text=True,
                               check=False, timeout=120)
         if done.returncode != 0:
             raise BenchError(f"{code}: {done.stderr.strip()[-300:]}")
-        times.append(float(done.stdout.strip()))
-    return statistics.median(times[1:])
+        took, kib = done.stdout.split()
+        times.append(float(took))
+        rss.append(int(kib) / 1024)
+    return statistics.median(times[1:]), statistics.median(rss[1:])
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,12 +244,16 @@ class Metric:
 METRICS = {
     "list_s": Metric("LIST all ConfigMaps, best of 3", "s", False),
     "list_mib": Metric("memory holding the LIST result (RSS growth)", "MiB", False),
-    "live_eps": Metric("WATCH during {n} writes: events/s decoded", "events/s", True),
+    "live_eps": Metric("WATCH during {n} writes: events/s decoded (bound by the writer)",
+                       "events/s", True),
     "live_cpu": Metric("WATCH during {n} writes: watcher CPU", "CPU s", False),
     "replay_eps": Metric("WATCH replay of {n} events from the watch cache", "events/s", True),
     "replay_cpu": Metric("WATCH replay of {n} events: watcher CPU", "CPU s", False),
-    "idle_mib": Metric("RSS with 20 open watches (one per resource)", "MiB", False),
+    "idle_mib": Metric("RSS of a process with 20 open watches (one per resource)", "MiB",
+                       False),
+    "idle_growth": Metric("RSS growth opening those 20 watches", "MiB", False),
     "import_s": Metric("import time (median of 5)", "s", False),
+    "import_mib": Metric("RSS after the import alone", "MiB", False),
 }
 
 
@@ -281,22 +302,29 @@ class Runner:
             notes["live_eps"] = (f"writer {wrote['rate']:.0f} patches/s; last event"
                                  f" {max(out['live_last_wall'] - wrote['end'], 0) * 1000:.0f}"
                                  " ms after the last write")
+            notes["live_cpu"] = notes["replay_cpu"] = f"{self.updates:,} events decoded"
+            notes["replay_eps"] = (f"{self.updates:,} events in"
+                                   f" {(out['replay_last'] - out['replay_first']) * 1000:.0f} ms")
         with self.session.part(f"{c.label}: idle watches"):
             out = child(python, self.spec(c, "idle", rv=self.cluster.revision()))
             res["idle_mib"] = out["rss"] / 1024
-            notes["idle_mib"] = (f"{out['watches']} watches, {out['threads']} threads;"
-                                 f" {out['rss_base'] / 1024:.0f} MiB before opening them")
+            res["idle_growth"] = (out["rss"] - out["rss_base"]) / 1024
+            notes["idle_mib"] = notes["idle_growth"] = (
+                f"{out['watches']} watches, {out['threads']} threads;"
+                f" {out['rss_base'] / 1024:.0f} MiB before opening them"
+                + (" (tabby's model modules included)" if c.key == "tabby" else ""))
         with self.session.part(f"{c.label}: import time"):
-            res["import_s"] = import_time(python, c.import_code)
-            notes["import_s"] = c.import_code
+            res["import_s"], res["import_mib"] = import_time(python, c.import_code)
+            notes["import_s"] = notes["import_mib"] = c.import_code
 
     def rows(self, c: Candidate) -> None:
         base, mine = self.results.get("tabby", {}), self.results.get(c.key, {})
         peer = f"{c.label} {self.versions.get(c.key, '')}".strip()
         for key, m in METRICS.items():
             if key in base and key in mine:
-                note = (f"tabby: {self.notes['tabby'].get(key, '')}; peer:"
-                        f" {self.notes[c.key].get(key, '')}")
+                note = "; ".join(f"{who}: {text}" for who, text in (
+                    ("tabby", self.notes["tabby"].get(key)), ("peer", self.notes[c.key].get(key)))
+                    if text)
                 self.session.add(Row(SECTION, m.what.format(n=f"{self.updates:,}"), base[key],
                                      peer, mine[key], m.unit, m.higher_is_better, note))
 
@@ -320,7 +348,8 @@ def run(session: Session) -> None:
             runner = Runner(session, cluster, count, updates)
             session.log(f"creating {count} ConfigMaps")
             rate = cluster.populate(runner.names)
-            session.log(f"created at {rate:.0f}/s")
+            session.log(f"created at {rate:.0f}/s;"
+                        f" {cluster.settle()} ConfigMaps in all once settled")
             for c in CANDIDATES:
                 if c.key in pythons:
                     runner.measure(c, pythons[c.key])
@@ -430,7 +459,7 @@ class Typed:
                          + ("_for_all_namespaces" if namespaced else ""))
             for _ in self.k.watch.Watch().stream(fn, resource_version=rv, timeout_seconds=300):
                 pass
-        return _threads([lambda g=g, k=k, n=n: one(g, k, n) for g, _, k, n in RESOURCES])
+        return _threads([functools.partial(one, g, k, n) for g, _, k, n in RESOURCES])
 
 
 class Lightkube:
@@ -460,7 +489,7 @@ class Lightkube:
             ns = {"namespace": "*"} if namespaced else {}
             for _ in self.client.watch(getattr(module, kind), resource_version=rv, **ns):
                 pass
-        return _threads([lambda g=g, k=k, n=n: one(g, k, n) for g, _, k, n in RESOURCES])
+        return _threads([functools.partial(one, g, k, n) for g, _, k, n in RESOURCES])
 
 
 class Kr8s:

@@ -127,6 +127,20 @@ def test_real_kinds_round_trip(store: KubernetesStore) -> None:
     store.delete(key)
 
 
+def test_listed_objects_parse_as_typed_resources(store: KubernetesStore) -> None:
+    """The API server's lists leave apiVersion and kind out of their items; what the
+    store lists must still parse as the agent reads it (a regression: it did not)."""
+    from tabby.model import Namespace
+    from tabby.store.client import Client
+    store.create(Key("namespaces", "", "listed"), {"metadata": {"labels": {"team": "b"}}})
+    listed = {ns.meta.name: ns for ns in Client(store).list(Namespace)}
+    assert listed["listed"].meta.labels["team"] == "b"
+    assert {"default", "kube-system"} <= set(listed)
+    for item in store.list("namespaces"):
+        assert (item.value["apiVersion"], item.value["kind"]) == ("v1", "Namespace")
+    store.delete(Key("namespaces", "", "listed"))
+
+
 def test_validation_errors_name_the_field(store: KubernetesStore) -> None:
     with pytest.raises(ValidationError) as info:
         store.create(Key("services", "a", "bad"), {"spec": {"ports": [{"port": 70000}]}})

@@ -20,7 +20,7 @@ from __future__ import annotations
 import multiprocessing
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event
@@ -49,6 +49,8 @@ class WorkerReport:
     assigned: tuple[str, ...]
     released: tuple[str, ...]
     error: str = ""
+    assigning: tuple[float, float] = (0.0, 0.0)  # time.monotonic() (system-wide) from, to
+    releasing: tuple[float, float] = (0.0, 0.0)
 
 
 @dataclass(slots=True)
@@ -60,6 +62,8 @@ class DrillResult:
     handles_left: list[str] = field(default_factory=list)
     blocks_after_cleanup: int = 0
     seconds: float = 0.0
+    assigned_seconds: float = 0.0  # from the start until every worker held its addresses
+    released_seconds: float = 0.0  # from the barrier until every worker had released
 
     def problems(self) -> list[str]:
         out = [f"worker {r.index}: {r.error}" for r in self.reports if r.error]
@@ -88,6 +92,17 @@ class DrillResult:
             out.append(f"{self.blocks_after_cleanup} block(s) left after release_empty_blocks")
         return out
 
+    def rates(self) -> tuple[float, float]:
+        """Assigns and releases per second, all workers together (first start to last end
+        of each phase: process start-up and the barrier are not counted)."""
+        def rate(windows: list[tuple[float, float]]) -> float:
+            span = max(b for _, b in windows) - min(a for a, _ in windows)
+            return len(self.held_at_barrier) / span if span > 0 else 0.0
+        if not self.reports:
+            return 0.0, 0.0
+        return (rate([r.assigning for r in self.reports]),
+                rate([r.releasing for r in self.reports]))
+
 
 def ensure_pool(url: str, cidr: str, block_size: int, name: str = "drill") -> None:
     import ipaddress
@@ -100,7 +115,10 @@ def ensure_pool(url: str, cidr: str, block_size: int, name: str = "drill") -> No
 
 
 def run_drill(url: str, processes: int = 8, allocations: int = 250, nodes: int = 4,
-              dual_stack: bool = False) -> DrillResult:
+              dual_stack: bool = False,
+              at_barrier: Callable[[Client], object] | None = None) -> DrillResult:
+    """Run the drill; ``at_barrier(client)`` runs while every address is held (a test's
+    look at the store, e.g. ``tabby.ipam.report.check``)."""
     ctx = multiprocessing.get_context("spawn")
     go_release = ctx.Event()
     allocated: multiprocessing.Queue[int] = ctx.Queue()
@@ -120,8 +138,13 @@ def run_drill(url: str, processes: int = 8, allocations: int = 250, nodes: int =
                                   if a.handle_id != blk.RESERVED_HANDLE]
         result.handles_at_barrier = sum(
             n for h in client.list(IPAMHandle) for _, n in h.spec.blocks)
+        result.assigned_seconds = time.monotonic() - started
+        if at_barrier is not None:
+            at_barrier(client)
+        released_from = time.monotonic()
         go_release.set()
         result.reports = sorted(_collect(reports, workers, len(workers)), key=lambda r: r.index)
+        result.released_seconds = time.monotonic() - released_from
         _finish(client, result, nodes)
     finally:
         go_release.set()
@@ -173,7 +196,9 @@ def _worker(url: str, index: int, nodes: int, allocations: int, dual_stack: bool
     ipam = IPAM(client)
     node = f"drill-{index % nodes}"
     held: dict[str, tuple[str, ...]] = {}
+    assigning = releasing = (0.0, 0.0)
     try:
+        assigning = (time.monotonic(), 0.0)
         for i in range(allocations):
             h = f"drill.{index}.{i}"
             got = ipam.assign(h, node, num_v4=1, num_v6=int(dual_stack),
@@ -182,8 +207,10 @@ def _worker(url: str, index: int, nodes: int, allocations: int, dual_stack: bool
             assigned.extend(held[h])
     except Exception as e:
         error = f"assign: {type(e).__name__}: {e}"
+    assigning = (assigning[0], time.monotonic())
     allocated.put(index)
     go_release.wait(PHASE_TIMEOUT)
+    releasing = (time.monotonic(), 0.0)
     try:
         for i, (h, addresses) in enumerate(held.items()):
             if i % 2:
@@ -193,5 +220,7 @@ def _worker(url: str, index: int, nodes: int, allocations: int, dual_stack: bool
     except Exception as e:
         error = error or f"release: {type(e).__name__}: {e}"
     finally:
+        releasing = (releasing[0], time.monotonic())
         client.store.close()
-    reports.put(WorkerReport(index, tuple(assigned), tuple(released), error))
+    reports.put(WorkerReport(index, tuple(assigned), tuple(released), error, assigning,
+                             releasing))

@@ -48,9 +48,8 @@ from tabby.model import (
     IPPool,
     Node,
     block_name,
-    handle_name,
 )
-from tabby.model.ipam import IPAMBlockSpec, IPAMConfigSpec
+from tabby.model.ipam import IPAMBlockSpec, IPAMConfigSpec, affinity_prefix, handle_prefix
 from tabby.store.client import Client
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -239,12 +238,12 @@ class IPAM:
         return tuple(sorted(cidrs, key=_net_key))
 
     def affinities(self, node: str) -> list[BlockAffinity]:
-        return [a for a in self.client.list(BlockAffinity, prefix=f"{node}-")
+        return [a for a in self.client.list(BlockAffinity, prefix=affinity_prefix(node))
                 if a.spec.node == node]
 
     def handles(self, prefix: str = "") -> tuple[str, ...]:
         """Ids of the handles whose id starts with ``prefix`` (listed by name prefix)."""
-        listing = self.client.list(IPAMHandle, prefix=handle_name(prefix) if prefix else "")
+        listing = self.client.list(IPAMHandle, prefix=handle_prefix(prefix))
         return tuple(h.spec.handle_id for h in listing if h.spec.handle_id.startswith(prefix))
 
     def attributes_of(self, handle_id: str) -> dict[str, str]:

@@ -25,7 +25,12 @@ from tabby.model import (
     block_name,
     handle_name,
 )
-from tabby.model.ipam import BlockAffinitySpec, IPAMBlockSpec, IPAMHandleSpec
+from tabby.model.ipam import (
+    BlockAffinitySpec,
+    IPAMBlockSpec,
+    IPAMHandleSpec,
+    legacy_handle_name,
+)
 from tabby.store.client import Client
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -47,10 +52,16 @@ class Records:
         return self.client.try_get(IPAMBlock, block_name(cidr))
 
     def handle(self, handle_id: str) -> IPAMHandle | None:
-        handle = self.client.try_get(IPAMHandle, handle_name(handle_id))
+        """The handle, under its name or (written by an older tabby) its legacy name."""
+        name = handle_name(handle_id)
+        handle = self.client.try_get(IPAMHandle, name)
         if handle is not None and handle.spec.handle_id != handle_id:
             raise IPAMError(f"handle ids {handle_id!r} and {handle.spec.handle_id!r} map to one"
-                            f" IPAMHandle name {handle_name(handle_id)!r}; use another id")
+                            f" IPAMHandle name {name!r}; use another id")
+        legacy = legacy_handle_name(handle_id)
+        if handle is None and legacy != name:  # only ids that are not valid names pay this
+            old = self.client.try_get(IPAMHandle, legacy)
+            handle = old if old is not None and old.spec.handle_id == handle_id else None
         return handle
 
     # -- handles -------------------------------------------------------------------
@@ -74,7 +85,7 @@ class Records:
                         return None
                     return self.client.create(IPAMHandle(ObjectMeta(name), spec))
                 if not spec.blocks:
-                    self.client.delete(IPAMHandle, name,
+                    self.client.delete(IPAMHandle, handle.meta.name,
                                        resource_version=handle.meta.resource_version)
                     return None
                 return self.client.update(dataclasses.replace(handle, spec=spec), handle)
@@ -163,8 +174,11 @@ class Records:
         -> affinity confirmed. False if another node won the block."""
         pending = BlockAffinity(ObjectMeta(affinity_name(node, cidr)),
                                 BlockAffinitySpec(node, cidr, "pending"))
-        with contextlib.suppress(Conflict):  # ours already (an earlier try, or a sibling)
+        try:
             self.client.create(pending)
+        except Conflict:  # ours already (an earlier try, or a sibling), or a name that
+            if not _names(self.client.try_get(BlockAffinity, pending.meta.name), node, cidr):
+                return False  # reads two ways and is another node's: leave this block
         spec = blk.new_block(cidr, node, strict_affinity=strict_affinity,
                              reservation=reservation)
         try:
@@ -182,6 +196,10 @@ class Records:
         name = affinity_name(node, cidr)
         for _ in range(self.attempts):
             aff = self.client.try_get(BlockAffinity, name)
+            if aff is not None and not _names(aff, node, cidr):
+                raise IPAMError(f"BlockAffinity/{name} is node {aff.spec.node!r}'s claim of"
+                                f" {aff.spec.cidr}, not {node!r}'s of {cidr}: the two share a"
+                                " name; rename one of the nodes")
             try:
                 if aff is None:
                     self.client.create(BlockAffinity(ObjectMeta(name),
@@ -198,7 +216,7 @@ class Records:
         name = affinity_name(node, cidr)
         for _ in range(self.attempts):
             aff = self.client.try_get(BlockAffinity, name)
-            if aff is None:
+            if aff is None or not _names(aff, node, cidr):
                 return
             try:
                 self.client.delete(BlockAffinity, name, resource_version=aff.meta.resource_version)
@@ -208,3 +226,9 @@ class Records:
             except Conflict:
                 continue
         raise Conflict(f"BlockAffinity/{name}: kept changing while deleting; try again")
+
+
+def _names(aff: BlockAffinity | None, node: str, cidr: IPNetwork) -> bool:
+    """Is ``aff`` (None: gone) node's claim of cidr? Affinity names kept from before can
+    read two ways (see ``affinity_name``); the spec says whose claim it is."""
+    return aff is None or (aff.spec.node == node and aff.spec.cidr == cidr)

@@ -282,8 +282,9 @@ def handle_name(handle_id: str) -> str:
 
 def handle_prefix(prefix: str) -> str:
     """A name prefix of every handle whose id starts with ``prefix`` (list, then check the
-    spec's id): it covers the names of ``legacy_handle_name`` too."""
-    return name_prefix(prefix)
+    spec's id). Without trailing dashes, it covers the names of ``legacy_handle_name`` too
+    (which strips them)."""
+    return name_prefix(prefix).rstrip("-")
 
 
 def legacy_handle_name(handle_id: str) -> str:

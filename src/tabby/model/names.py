@@ -34,15 +34,15 @@ __all__ = ["DNS_SUBDOMAIN", "MAX_NAME", "is_object_name", "name_prefix", "object
 MAX_NAME = 253
 DIGEST_CHARS = 16  # 64 bits of sha256
 STEM_CHARS = MAX_NAME - DIGEST_CHARS - 1
-DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_HASHED = re.compile(r"-[0-9a-f]{16}$")
+DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_HASHED = re.compile(r"-[0-9a-f]{16}\Z")
 _STEM_KEEP = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
 _ASCII_UPPER = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
 def is_object_name(name: str) -> bool:
     """Would the API server accept ``name`` as an object's name (an RFC 1123 subdomain)?"""
-    return len(name) <= MAX_NAME and DNS_SUBDOMAIN.match(name) is not None
+    return len(name) <= MAX_NAME and DNS_SUBDOMAIN.fullmatch(name) is not None  # not $: "a\n"
 
 
 def digest(identity: str) -> str:

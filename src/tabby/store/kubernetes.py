@@ -199,6 +199,9 @@ class KubernetesStore(Store):
             meta = doc.get("metadata") or {}
             revision = revision or int(meta.get("resourceVersion") or 0)
             for obj in doc.get("items") or []:
+                # A list's items carry no apiVersion and kind of their own.
+                obj.setdefault("apiVersion", res.api_version)
+                obj.setdefault("kind", res.kind)
                 key = _key_of(resource, obj)
                 if namespace is not None and key.namespace != namespace:
                     continue
