@@ -84,7 +84,9 @@ def main() -> int:
         return 1
     os.chdir(ROOT)
     step("A fresh 3-node dual-stack lab: one agent and one BIRD per node, FRR on the ToR")
-    run("lab", "down", check=False)
+    from tabby.lab.state import load
+    if load(LAB) is not None:  # a lab left from an earlier run
+        run("lab", "down")
     run("lab", "up", "--nodes", "3", "--stack", "dual", "--bgp", "mesh")
     run("lab", "status")
     step("BGP sessions, as BIRD on node-1 sees them")
