@@ -180,11 +180,20 @@ def _tokens(text: str) -> list[_Tok]:
     return out
 
 
+MAX_DEPTH = 64  # nested '!' and '(': deeper is refused, never a RecursionError
+
+
 class _Parser:
     def __init__(self, text: str) -> None:
         self.text = text
         self.toks = _tokens(text)
         self.i = 0
+        self.depth = 0
+
+    def nest(self) -> None:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise self.fail(f"nested more than {MAX_DEPTH} deep ('!' and parentheses)")
 
     def peek(self, ahead: int = 0) -> _Tok:
         return self.toks[min(self.i + ahead, len(self.toks) - 1)]
@@ -231,16 +240,21 @@ class _Parser:
     def unary(self) -> Selector:
         tok = self.peek()
         if tok.kind == "op" and tok.text == "!":
+            self.nest()
             self.take()
-            return Not(self.unary())
+            inner = self.unary()
+            self.depth -= 1
+            return Not(inner)
         return self.primary()
 
     def primary(self) -> Selector:
         tok = self.peek()
         if tok.kind == "op" and tok.text == "(":
+            self.nest()
             self.take()
             inner = self.or_()
             self.expect("op", ")")
+            self.depth -= 1
             return inner
         if tok.kind != "word":
             got = repr(tok.text) if tok.kind != "end" else "end of input"

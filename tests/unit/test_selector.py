@@ -76,3 +76,15 @@ def test_errors_name_the_position(text: str, pos: int, fragment: str) -> None:
 def test_rendering_round_trips(text: str) -> None:
     sel = selector.parse(text)
     assert selector.parse(str(sel)) == sel
+
+
+def test_deep_nesting_is_refused_not_a_recursion_error() -> None:
+    """A selector of a thousand '!' used to kill every agent (RecursionError); it is
+    refused with its position, and up to the limit still parses and evaluates."""
+    from tabby.selector import MAX_DEPTH, SelectorError, parse
+    for text in ("!" * 1000 + "all()", "(" * 1000 + "all()" + ")" * 1000,
+                 "!(" * 40 + "all()" + ")" * 40):
+        with pytest.raises(SelectorError, match="nested more than"):
+            parse(text)
+    ok = parse("!" * MAX_DEPTH + "all()")
+    assert ok.matches({}) is (MAX_DEPTH % 2 == 0)
