@@ -145,3 +145,16 @@ def test_url_and_open_store(tmp_path: Path) -> None:
         assert store.url == "sqlite://" + path
     finally:
         store.close()
+
+
+def test_a_new_store_is_owner_only(tmp_path: Path) -> None:
+    """The store holds BGP passwords: a new store's directory and file are 0700 and
+    0600 (they were 0755 and 0644, readable by any local user)."""
+    import os
+    import stat
+    path = tmp_path / "new-dir" / "tabby.db"
+    with SQLiteStore(str(path)) as store:
+        store.create(COUNTER, value(1))
+    assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
+    for f in path.parent.iterdir():  # the db and SQLite's -wal / -shm
+        assert stat.S_IMODE(os.stat(f).st_mode) & 0o077 == 0, f

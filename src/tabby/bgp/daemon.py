@@ -82,7 +82,11 @@ class Bird:
     def check(self, text: str) -> str:
         """Write ``text`` to bird.conf.new and let BIRD parse it; "" or BIRD's complaint."""
         new = self.dir / "bird.conf.new"
-        new.write_text(text)
+        # bird.conf holds BGP passwords in clear: owner-only, like the file it replaces.
+        fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        os.chmod(new, 0o600)
         try:
             done = subprocess.run([self.binary, "-p", "-c", str(new)], capture_output=True,
                                   text=True, timeout=CHECK_TIMEOUT, check=False)

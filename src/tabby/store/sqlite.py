@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -54,6 +55,16 @@ _ITEM_COLUMNS = "resource, namespace, name, value, rev, create_rev"
 Events = list[Event]  # (inside the class, ``list`` is the method)
 
 
+def _private_file(path: Path) -> None:
+    """The store holds secrets (BGP passwords): a new store's directory and file
+    (and SQLite's -wal and -shm beside it, which take the file's mode) are
+    owner-only. An existing file keeps the mode its owner gave it."""
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, mode=0o700)
+    if not path.exists():
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 class SQLiteStore(Store):
     def __init__(self, path: str, history: int = 100_000, busy_timeout: float = 30.0) -> None:
         if history < 1:
@@ -64,7 +75,7 @@ class SQLiteStore(Store):
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         try:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            _private_file(Path(path))
             self._conn: sqlite3.Connection | None = sqlite3.connect(
                 path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
             self._setup(self._conn, busy_timeout)
