@@ -127,6 +127,20 @@ def test_malformed_yaml_writes_nothing(store: str, tmp_path: Path,
     assert json.loads(out)["items"] == []
 
 
+def test_duplicate_keys_are_refused_with_their_line(store: str, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """PyYAML keeps the last of two equal keys silently; a manifest saying
+    blockSize twice must not be applied with one of them."""
+    f = write(tmp_path, POOLS + "---\napiVersion: tabby.dev/v1\nkind: IPPool\nmetadata:\n"
+              "  name: twice\nspec:\n  cidr: 198.18.200.0/24\n  blockSize: 26\n"
+              "  blockSize: 28\n")
+    code, out, err = run(capsys, "apply", "-f", f)
+    assert code == 1 and out == ""
+    assert "key 'blockSize' is given twice" in err and f"{f}:" in err
+    code, out, _ = run(capsys, "get", "ippools", "-o", "json")
+    assert json.loads(out)["items"] == []
+
+
 def test_apply_from_stdin_and_immutable_block_size(store: str, capsys: pytest.CaptureFixture[str],
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     code, _, _ = run(capsys, "apply", "-f", "-", stdin=POOLS, monkeypatch=monkeypatch)

@@ -70,7 +70,7 @@ def read_documents(paths: list[str], stdin: TextIO | None = None) -> Iterator[tu
         except OSError as exc:
             raise TabbyError(f"{path}: {exc.strerror}") from exc
         try:
-            docs = list(yaml.safe_load_all(text))
+            docs = list(yaml.load_all(text, Loader=StrictLoader))
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
@@ -80,6 +80,22 @@ def read_documents(paths: list[str], stdin: TextIO | None = None) -> Iterator[tu
             if doc is None:
                 continue
             yield f"{path}[{index}]", doc
+
+
+class StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps
+    the last silently; kubectl refuses it too)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark,
+                    f"key {key!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def _expand_lists(doc: Any) -> list[Any]:
