@@ -136,7 +136,34 @@ def test_second_del_without_netns_reaches_the_agent(cni: Path, workdir: Path) ->
 
 @pytest.mark.parametrize("command", ["STATUS", "GC"])
 def test_status_and_gc_need_no_container(cni: Path, workdir: Path, command: str) -> None:
-    assert_error(run_plugin(cni, {"CNI_COMMAND": command}, config(workdir)), 11, "not running")
+    conf = config(workdir, **({"cni.dev/valid-attachments": []} if command == "GC" else {}))
+    assert_error(run_plugin(cni, {"CNI_COMMAND": command}, conf), 11, "not running")
+
+
+def test_gc_without_valid_attachments_is_refused(cni: Path, workdir: Path) -> None:
+    """A GC without the runtime's list used to tear down every pod on the node and
+    exit 0: no list is an error, never "nothing is valid"."""
+    assert_error(run_plugin(cni, {"CNI_COMMAND": "GC"}, config(workdir)), 7,
+                 "valid-attachments")
+
+
+@pytest.mark.parametrize("mtu", ["abc", -1, 1400.5, True, 67, 70000])
+def test_nonsense_mtu_is_refused(cni: Path, workdir: Path, mtu: object) -> None:
+    assert_error(run_plugin(cni, container_env(), config(workdir, mtu=mtu)), 7, "mtu")
+
+
+@pytest.mark.parametrize("ipam", [{"assign_ipv4": "false"},
+                                  {"assign_ipv4": "false", "assign_ipv6": "false"},
+                                  {"assign_ipv4": "no"}, {"assign_ipv6": 1}])
+def test_ipam_assigning_nothing_or_nonsense_is_refused(cni: Path, workdir: Path,
+                                                       ipam: dict[str, object]) -> None:
+    assert_error(run_plugin(cni, container_env(), config(workdir, ipam=ipam)), 7, "ipam")
+
+
+def test_a_huge_config_is_a_permanent_error(cni: Path, workdir: Path) -> None:
+    """17 MB of config got code 11 ("try again later") for an error no retry fixes."""
+    conf = config(workdir, padding="x" * (2 * 1024 * 1024))
+    assert_error(run_plugin(cni, container_env(), conf), 7, "too large")
 
 
 @pytest.mark.parametrize(("var", "value", "code"), [

@@ -114,6 +114,9 @@ def parse_config(stdin: bytes, command: str) -> dict[str, Any]:
     """The network config, with name and cniVersion checked against the command."""
     if not stdin.strip():
         raise PluginError(wire.ERR_DECODING, "no network configuration on stdin")
+    if len(stdin) > MAX_CONFIG:
+        raise PluginError(wire.ERR_INVALID_CONFIG, "the network configuration is too large",
+                          f"{len(stdin)} bytes; at most {MAX_CONFIG}")
     try:
         config = wire.loads(stdin.decode())
     except (ValueError, UnicodeDecodeError) as exc:
@@ -139,6 +142,40 @@ def parse_config(stdin: bytes, command: str) -> dict[str, Any]:
     return config
 
 
+MAX_CONFIG = 1024 * 1024  # a network config is a few hundred bytes; this is generous
+_FLAGS = {"true": True, "false": False, True: True, False: False}
+
+
+def check_settings(config: dict[str, Any], command: str) -> None:
+    """What tabby-cni itself reads from the config, checked so that a nonsense value
+    is a clear permanent error rather than ignored (``mtu``), an ADD without any
+    address (``ipam.assign_ipv4/6``), or a GC that takes every pod down (a GC
+    without the runtime's list of valid attachments)."""
+    mtu = config.get("mtu")
+    if mtu is not None and (isinstance(mtu, bool) or not isinstance(mtu, int)
+                            or not 68 <= mtu <= 65535):
+        raise PluginError(wire.ERR_INVALID_CONFIG, "\"mtu\" must be an integer in 68..65535",
+                          repr(mtu))
+    ipam = config.get("ipam")
+    if isinstance(ipam, dict) and command == "ADD":
+        wanted = []
+        for key in ("assign_ipv4", "assign_ipv6"):
+            value = ipam.get(key, "true" if key == "assign_ipv4" else "false")
+            if not isinstance(value, str | bool) or value not in _FLAGS:
+                raise PluginError(wire.ERR_INVALID_CONFIG,
+                                  f"ipam.{key} must be \"true\" or \"false\"", repr(value))
+            wanted.append(_FLAGS[value])
+        if not any(wanted):
+            raise PluginError(wire.ERR_INVALID_CONFIG, "ipam assigns no address",
+                              "assign_ipv4 and assign_ipv6 are both false")
+    if command == "GC":
+        valid = config.get("cni.dev/valid-attachments", config.get("cni.dev/attachments"))
+        if not isinstance(valid, list):
+            raise PluginError(wire.ERR_INVALID_CONFIG,
+                              "GC needs the runtime's cni.dev/valid-attachments list",
+                              "without it every attachment would count as stale")
+
+
 def _socket_and_timeout(config: dict[str, Any]) -> tuple[str, float]:
     path = config.get("socket", wire.DEFAULT_SOCKET)
     if not isinstance(path, str) or not path:
@@ -158,6 +195,7 @@ def build_request(command: str, env: Mapping[str, str], stdin: bytes) -> dict[st
         raise PluginError(wire.ERR_INVALID_ENVIRONMENT,
                           f"required env variables [{','.join(missing)}] missing")
     config = parse_config(stdin, command)
+    check_settings(config, command)
     container_id = env.get("CNI_CONTAINERID", "")
     ifname = env.get("CNI_IFNAME", "")
     if command in ("ADD", "DEL", "CHECK"):
