@@ -25,10 +25,13 @@ A watch that asks for history the backend has compacted away raises
 from __future__ import annotations
 
 import abc
+import queue
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from tabby.errors import StoreError
 
 Value = Mapping[str, Any]
 PREFIX = "/tabby/"
@@ -96,6 +99,42 @@ class Watch(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class QueuedWatch(Watch):
+    """A watch fed by reader threads through a queue of event batches or an error.
+
+    ``next`` returns every batch waiting (after waiting up to ``timeout`` for the
+    first); an error is raised once the events before it have been returned, and
+    again on every later call."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[list[Event] | StoreError] = queue.Queue()
+        self._error: StoreError | None = None
+
+    def put(self, item: list[Event] | StoreError) -> None:
+        self._queue.put(item)
+
+    def next(self, timeout: float) -> list[Event]:
+        if self._error is not None:
+            raise self._error
+        got: list[list[Event] | StoreError] = []
+        try:
+            got.append(self._queue.get(timeout=timeout) if timeout > 0
+                       else self._queue.get_nowait())
+            while True:
+                got.append(self._queue.get_nowait())
+        except queue.Empty:
+            pass
+        events: list[Event] = []
+        for batch in got:
+            if isinstance(batch, StoreError):
+                self._error = batch  # raised now, or on the next call after these events
+                break
+            events.extend(batch)
+        if not events and self._error is not None:
+            raise self._error
+        return events
 
 
 class FilteredWatch(Watch):

@@ -38,7 +38,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import queue
 import socket
 import threading
 import time
@@ -52,7 +51,7 @@ from etcd3gw.exceptions import ConnectionFailedError, ConnectionTimeoutError, Et
 from requests.adapters import HTTPAdapter
 
 from tabby.errors import Compacted, ConfigError, Conflict, NotFound, StoreError, Unavailable
-from tabby.store.base import PREFIX, Event, Item, Key, ListResult, Store, Value, Watch
+from tabby.store.base import PREFIX, Event, Item, Key, ListResult, QueuedWatch, Store, Value, Watch
 
 __all__ = ["EtcdStore"]
 
@@ -216,13 +215,12 @@ class EtcdStore(Store):
             client.session.close()
 
 
-class _EtcdWatch(Watch):
+class _EtcdWatch(QueuedWatch):
     def __init__(self, store: EtcdStore, prefix: str, start: int) -> None:
         self._store = store
         self._prefix = prefix
         self._next = start
-        self._queue: queue.Queue[Events | StoreError] = queue.Queue()
-        self._error: StoreError | None = None
+        super().__init__()
         self._closed = threading.Event()
         self._resp: requests.Response | None = None
         self._resp_lock = threading.Lock()
@@ -230,27 +228,6 @@ class _EtcdWatch(Watch):
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name=f"etcd-watch {prefix}@{start}")
         self._thread.start()
-
-    def next(self, timeout: float) -> list[Event]:
-        if self._error is not None:
-            raise self._error
-        got: list[list[Event] | StoreError] = []
-        try:
-            got.append(self._queue.get(timeout=timeout) if timeout > 0
-                       else self._queue.get_nowait())
-            while True:
-                got.append(self._queue.get_nowait())
-        except queue.Empty:
-            pass
-        events: list[Event] = []
-        for batch in got:
-            if isinstance(batch, StoreError):
-                self._error = batch  # raised now, or on the next call after these events
-                break
-            events.extend(batch)
-        if not events and self._error is not None:
-            raise self._error
-        return events
 
     def close(self) -> None:
         self._closed.set()
@@ -267,9 +244,9 @@ class _EtcdWatch(Watch):
         try:
             self._loop(session)
         except StoreError as e:
-            self._queue.put(e)
+            self.put(e)
         except Exception as e:  # a reader thread must never die silently
-            self._queue.put(StoreError(f"etcd watch {self._prefix}: {e!r}"))
+            self.put(StoreError(f"etcd watch {self._prefix}: {e!r}"))
         finally:
             session.close()
 
@@ -344,7 +321,7 @@ class _EtcdWatch(Watch):
         events = [e for e in map(_event, result.get("events") or []) if e.revision >= self._next]
         if events:
             self._next = events[-1].revision + 1
-            self._queue.put(events)
+            self.put(events)
 
 
 class _NotConnected(Exception):

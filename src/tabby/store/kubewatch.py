@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import queue
 import threading
 import time
 from typing import Any
@@ -26,45 +25,23 @@ import urllib3
 
 from tabby.errors import Compacted, StoreError, Unavailable
 from tabby.kube.resources import APIResource
-from tabby.store.base import Event, Watch
+from tabby.store.base import Event, QueuedWatch
 from tabby.store.kubernetes import KubernetesStore, _key_of, error_for, served_value
 
 log = logging.getLogger(__name__)
 Json = dict[str, Any]
 
 
-class KubernetesWatch(Watch):
+class KubernetesWatch(QueuedWatch):
     def __init__(self, store: KubernetesStore, resources: list[tuple[str, APIResource]],
                  start_revision: int) -> None:
+        super().__init__()
         self._store = store
-        self._queue: queue.Queue[list[Event] | StoreError] = queue.Queue()
-        self._error: StoreError | None = None
         self._stop = threading.Event()
         self.closed = False
         self._readers = [_Reader(self, n, r, start_revision) for n, r in resources]
         for reader in self._readers:
             reader.thread.start()
-
-    def next(self, timeout: float) -> list[Event]:
-        if self._error is not None:
-            raise self._error
-        got: list[list[Event] | StoreError] = []
-        try:
-            got.append(self._queue.get(timeout=timeout) if timeout > 0
-                       else self._queue.get_nowait())
-            while True:
-                got.append(self._queue.get_nowait())
-        except queue.Empty:
-            pass
-        events: list[Event] = []
-        for batch in got:
-            if isinstance(batch, StoreError):
-                self._error = batch  # raised now, or on the next call after these events
-                break
-            events.extend(batch)
-        if not events and self._error is not None:
-            raise self._error
-        return events
 
     def close(self) -> None:
         self.closed = True
@@ -101,9 +78,9 @@ class _Reader:
         try:
             self.loop()
         except StoreError as e:
-            self.watch._queue.put(e)
+            self.watch.put(e)
         except Exception as e:  # a reader must never die silently
-            self.watch._queue.put(StoreError(f"kubernetes watch {self.name}: {e!r}"))
+            self.watch.put(StoreError(f"kubernetes watch {self.name}: {e!r}"))
 
     def loop(self) -> None:
         store = self.watch._store
@@ -154,7 +131,7 @@ class _Reader:
                 events = [e for e in (self.handle(json.loads(line)) for line in lines
                                       if line.strip()) if e is not None]
                 if events:
-                    self.watch._queue.put(events)
+                    self.watch.put(events)
         finally:
             with self._lock:
                 self._resp = None
