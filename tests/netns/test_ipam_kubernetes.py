@@ -123,6 +123,8 @@ def only_leaks(problems: list[Problem]) -> list[Problem]:
 
 
 def drill(url: str, processes: int, allocations: int, pool: str) -> DrillResult:
+    """The drill on ``url`` with 4 nodes, ``ipam check`` at the barrier (nothing wrong but
+    the allocations no endpoint carries: the drill writes none) and after (nothing)."""
     with open_store(url) as store:
         nodes(Client(store), *(f"drill-{n}" for n in range(4)))
     ensure_pool(url, pool, 26)
@@ -139,27 +141,41 @@ def drill(url: str, processes: int, allocations: int, pool: str) -> DrillResult:
         assert set(affinities.values()) == {"confirmed"}
 
     result = run_drill(url, processes=processes, allocations=allocations, nodes=4,
-                       at_barrier=at_barrier)
+                       at_barrier=at_barrier, phase_timeout=300)
     assert result.problems() == []
     assert len(result.held_at_barrier) == processes * allocations
-    assert seen["problems"] and not only_leaks(seen["problems"])  # only: no endpoints
+    assert not only_leaks(seen["problems"])
     assert len(seen["problems"]) == processes * allocations
     assert result.blocks_after_cleanup == 0
     with open_store(url) as store:
         assert check(Client(store)) == []
-    assign_rate, release_rate = result.rates()
-    print(f"\nipam-drill kubernetes {processes}x{allocations}: {result.seconds:.1f} s,"
-          f" assign {assign_rate:.0f}/s, release {release_rate:.0f}/s")
     return result
 
 
-def test_drill_one_process(url: str) -> None:
-    drill(url, 1, 100, "198.19.64.0/24")
+def compare(url: str, tmp_path: Path, processes: int, allocations: int, pool: str) -> None:
+    """The drill on Kubernetes, then on SQLite; both rates printed side by side."""
+    for name, where in (("kubernetes", url), ("sqlite", f"sqlite://{tmp_path}/ipam.db")):
+        result = drill(where, processes, allocations, pool)
+        assign_rate, release_rate = result.rates()
+        print(f"\nipam-drill {name:10s} {processes}x{allocations}: {result.seconds:5.1f} s,"
+              f" assign {assign_rate:4.0f}/s, release {release_rate:4.0f}/s", end="")
 
 
-def test_drill_eight_processes(url: str) -> None:
-    """8 processes x 250 allocations, two processes per node: 2000 addresses of 2048."""
-    drill(url, 8, 250, "198.19.64.0/21")
+def test_drill_one_process(url: str, tmp_path: Path) -> None:
+    compare(url, tmp_path, 1, 100, "198.19.64.0/24")
+
+
+def test_drill_eight_processes(url: str, tmp_path: Path) -> None:
+    """8 processes x 50 allocations, two processes per node: 400 addresses of 512."""
+    compare(url, tmp_path, 8, 50, "198.19.64.0/23")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_drill_eight_processes_full(url: str, tmp_path: Path) -> None:
+    """8 x 250: 2000 addresses of 2048, as on SQLite and etcd. 85 s on an idle 2-core
+    machine, 2-3 minutes when it is busy; the API server's CPU is the limit."""
+    compare(url, tmp_path, 8, 250, "198.19.64.0/21")
 
 
 def test_eight_clients_race_for_one_block_and_one_wins(url: str) -> None:

@@ -196,3 +196,15 @@ def test_resolve_kind(name: str, kind: str) -> None:
 def test_resolve_unknown_kind() -> None:
     with pytest.raises(ValidationError, match="unknown kind 'gadget'"):
         resolve_kind("gadget")
+
+
+def test_a_trailing_newline_is_not_part_of_a_valid_name() -> None:
+    """``re.match`` with ``$`` accepts "a\\n": names, namespaces and labels must match whole."""
+    from tabby.errors import ValidationError
+    from tabby.model import IPPool, Namespace
+    with pytest.raises(ValidationError, match="name"):
+        IPPool.from_manifest({"apiVersion": "tabby.dev/v1", "kind": "IPPool",
+                              "metadata": {"name": "a\n"}, "spec": {"cidr": "198.19.0.0/16"}})
+    with pytest.raises(ValidationError, match="label"):
+        Namespace.from_manifest({"apiVersion": "v1", "kind": "Namespace",
+                                 "metadata": {"name": "a", "labels": {"k": "v\n"}}})

@@ -116,23 +116,26 @@ def ensure_pool(url: str, cidr: str, block_size: int, name: str = "drill") -> No
 
 def run_drill(url: str, processes: int = 8, allocations: int = 250, nodes: int = 4,
               dual_stack: bool = False,
-              at_barrier: Callable[[Client], object] | None = None) -> DrillResult:
+              at_barrier: Callable[[Client], object] | None = None,
+              phase_timeout: float = PHASE_TIMEOUT) -> DrillResult:
     """Run the drill; ``at_barrier(client)`` runs while every address is held (a test's
-    look at the store, e.g. ``tabby.ipam.report.check``)."""
+    look at the store, e.g. ``tabby.ipam.report.check``). A worker silent for
+    ``phase_timeout`` seconds in one phase (assign, release) fails the drill."""
     ctx = multiprocessing.get_context("spawn")
     go_release = ctx.Event()
     allocated: multiprocessing.Queue[int] = ctx.Queue()
     reports: multiprocessing.Queue[WorkerReport] = ctx.Queue()
     started = time.monotonic()
     workers = [ctx.Process(target=_worker, args=(url, i, nodes, allocations, dual_stack,
-                                                 allocated, go_release, reports), daemon=True)
+                                                 allocated, go_release, reports, phase_timeout),
+                           daemon=True)
                for i in range(processes)]
     for w in workers:
         w.start()
     result = DrillResult()
     client = Client(open_store(url))
     try:
-        _collect(allocated, workers, len(workers))  # every worker holds its addresses
+        _collect(allocated, workers, len(workers), phase_timeout)  # all addresses held
         result.held_at_barrier = [str(blk.address(b.spec, o)) for b in client.list(IPAMBlock)
                                   for o, a in blk.allocated(b.spec)
                                   if a.handle_id != blk.RESERVED_HANDLE]
@@ -143,7 +146,8 @@ def run_drill(url: str, processes: int = 8, allocations: int = 250, nodes: int =
             at_barrier(client)
         released_from = time.monotonic()
         go_release.set()
-        result.reports = sorted(_collect(reports, workers, len(workers)), key=lambda r: r.index)
+        result.reports = sorted(_collect(reports, workers, len(workers), phase_timeout),
+                                key=lambda r: r.index)
         result.released_seconds = time.monotonic() - released_from
         _finish(client, result, nodes)
     finally:
@@ -157,11 +161,11 @@ def run_drill(url: str, processes: int = 8, allocations: int = 250, nodes: int =
     return result
 
 
-def _collect(queue: multiprocessing.Queue[T], workers: Sequence[BaseProcess], count: int
-             ) -> list[T]:
+def _collect(queue: multiprocessing.Queue[T], workers: Sequence[BaseProcess], count: int,
+             timeout: float) -> list[T]:
     """``count`` messages from the workers; DrillError if one dies or time runs out."""
     out: list[T] = []
-    deadline = time.monotonic() + PHASE_TIMEOUT
+    deadline = time.monotonic() + timeout
     while len(out) < count:
         try:
             out.append(queue.get(timeout=0.2))
@@ -172,7 +176,7 @@ def _collect(queue: multiprocessing.Queue[T], workers: Sequence[BaseProcess], co
         if dead:
             raise DrillError(f"a drill worker died (exit codes {dead})")
         if time.monotonic() > deadline:
-            raise DrillError(f"drill workers silent for {PHASE_TIMEOUT:.0f} s")
+            raise DrillError(f"drill workers silent for {timeout:.0f} s")
     return out
 
 
@@ -188,7 +192,8 @@ def _finish(client: Client, result: DrillResult, nodes: int) -> None:
 
 def _worker(url: str, index: int, nodes: int, allocations: int, dual_stack: bool,
             allocated: multiprocessing.Queue[int], go_release: Event,
-            reports: multiprocessing.Queue[WorkerReport]) -> None:
+            reports: multiprocessing.Queue[WorkerReport],
+            phase_timeout: float = PHASE_TIMEOUT) -> None:
     assigned: list[str] = []
     released: list[str] = []
     error = ""
@@ -209,7 +214,7 @@ def _worker(url: str, index: int, nodes: int, allocations: int, dual_stack: bool
         error = f"assign: {type(e).__name__}: {e}"
     assigning = (assigning[0], time.monotonic())
     allocated.put(index)
-    go_release.wait(PHASE_TIMEOUT)
+    go_release.wait(phase_timeout)
     releasing = (time.monotonic(), 0.0)
     try:
         for i, (h, addresses) in enumerate(held.items()):

@@ -70,12 +70,12 @@ class ObjectMeta:
               ) -> ObjectMeta:
         name = f.str("name", required=True)
         pattern = name_pattern or _DNS_SUBDOMAIN
-        if name and (len(name) > 253 or not pattern.match(name)):
+        if name and (len(name) > 253 or not pattern.fullmatch(name)):
             f.error("name", f"{name!r} is not a valid name (lower-case letters, digits, '-', '.')")
         namespace = f.str("namespace")
         if info.namespaced:
             namespace = namespace or "default"
-            if not _DNS_SUBDOMAIN.match(namespace) or len(namespace) > 63:
+            if not _DNS_SUBDOMAIN.fullmatch(namespace) or len(namespace) > 63:
                 f.error("namespace", f"{namespace!r} is not a valid namespace name")
         elif namespace:
             f.error("namespace", f"{info.kind} is not namespaced")
@@ -122,11 +122,11 @@ _META_KNOWN = frozenset({"name", "namespace", "labels", "annotations", "uid", "r
 
 def check_label(f: Fields, path: str, key: str, value: str) -> None:
     prefix, _, name = key.rpartition("/")
-    if prefix and not _DNS_SUBDOMAIN.match(prefix):
+    if prefix and not _DNS_SUBDOMAIN.fullmatch(prefix):
         f.error(path, f"label prefix {prefix!r} is not a DNS subdomain")
-    if not name or len(name) > 63 or not _LABEL_NAME.match(name):
+    if not name or len(name) > 63 or not _LABEL_NAME.fullmatch(name):
         f.error(path, f"label name {name!r} is invalid")
-    if len(value) > 63 or not _LABEL_VALUE.match(value):
+    if len(value) > 63 or not _LABEL_VALUE.fullmatch(value):
         f.error(path, f"label value {value!r} is invalid")
 
 
