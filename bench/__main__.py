@@ -23,7 +23,8 @@ from types import FrameType
 from bench.report import Failure, Row, render
 from bench.session import Session
 
-BENCHMARKS = ("ipam", "cni", "throughput", "vxlan", "services", "policy", "bgp", "kubeclient")
+BENCHMARKS = ("ipam", "cni", "throughput", "vxlan", "services", "policy", "bgp", "kubeclient",
+              "kube")
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = ROOT / "docs" / "benchmarks.md"
 
