@@ -16,6 +16,13 @@ a route removed behind the agent's back comes back) and, after a failed
 pass, retried with backoff. Passes hold the dataplane lock the CNI handler
 holds while it wires a pod.
 
+With the datastore unreachable the agent fails static: no pass runs, so the
+routes and the nft table stay as they are and pods keep talking; the loop
+retries with backoff (each attempt first waits out the store's own retries,
+outside the dataplane lock) and lists afresh once the store answers. The CNI
+socket keeps serving meanwhile (``AgentPodHandler``: DEL unwires at once).
+No failure ends the loop, only ``stop()``.
+
 Stopping (``stop()``, SIGTERM in the CLI) closes the CNI socket and the HTTP
 server and leaves the dataplane as it is: pods keep working, and the next
 agent adopts the routes in place.
@@ -129,12 +136,19 @@ class Agent:
         watch: Watch | None = None
         backoff = 0.0
         next_pass = 0.0  # monotonic time a pass is due (0: now)
+        failures = 0  # store attempts failed in a row (logged once it answers again)
+        down_since = 0.0
         try:
             while not self._stop.is_set():
                 try:
                     if watch is None:
                         watch = self._relist()
                         next_pass = 0.0
+                        if failures:
+                            log.info("datastore answering again after %d failed attempts"
+                                     " (%.1fs); listed afresh", failures,
+                                     time.monotonic() - down_since)
+                            failures = 0
                     if time.monotonic() >= next_pass:
                         ok = self.sync()
                         backoff = 0.0 if ok else min(max(backoff * 2, 0.5),
@@ -149,9 +163,15 @@ class Agent:
                     log.warning("store history compacted under the watch; listing again")
                     _closed(watch)
                     watch = None
-                except TabbyError as exc:
+                except Exception as exc:  # the agent outlives any failure: fail static
                     backoff = min(max(backoff * 2, 0.5), self.config.max_backoff)
-                    log.error("reconcile loop: %s; retrying in %.1fs", exc, backoff)
+                    if not failures:
+                        down_since = time.monotonic()
+                    failures += 1
+                    if isinstance(exc, TabbyError):
+                        log.error("reconcile loop: %s; retrying in %.1fs", exc, backoff)
+                    else:  # a bug, or an error the store did not map: keep its traceback
+                        log.exception("reconcile loop failed; retrying in %.1fs", backoff)
                     _closed(watch)
                     watch = None
                     self._stop.wait(backoff)
@@ -162,6 +182,9 @@ class Agent:
         return self.config.resync_interval if self.config.resync_interval > 0 else 1e9
 
     def _relist(self) -> Watch:
+        # Reach the store first, outside the dataplane lock: while it is down each
+        # attempt waits out the store's retries, and CNI DEL must not wait behind it.
+        self.store.revision()
         # Under the dataplane lock: an ADD's cache.put cannot fall between the
         # listing and the swap, where the fresh listing would drop it.
         with self.lock:

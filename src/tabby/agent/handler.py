@@ -14,7 +14,10 @@
 Wiring and the endpoint write happen under the agent's dataplane lock, the
 same lock its reconcile pass holds, and the new endpoint goes straight into
 the agent's cache: a pass never sees a wired pod without its endpoint (and
-so never sweeps the pod's host routes as leftovers).
+so never sweeps the pod's host routes as leftovers). Unwiring takes the lock
+too, but the store's part of a DEL runs outside it, so that with the
+datastore down a DEL still unwires at once and answers "try again later"
+once the store gives up, without holding up other requests or passes.
 """
 
 from __future__ import annotations
@@ -144,10 +147,15 @@ class AgentPodHandler:
 
     def _teardown(self, container_id: str, ifname: str, handles: Iterable[str], pod_name: str,
                   namespace: str) -> None:
+        """Unwire first (local, never waits on the store), then the store's part: with the
+        datastore down the pod's veth and host route are gone at once and the error
+        (Unavailable: CNI "try again later") makes the runtime retry the DEL."""
         with self.lock:
             self.wirer.unwire(host_veth_name(container_id, ifname))
-            for ep in self._endpoints_of(container_id, ifname, pod_name, namespace):
-                self._delete_endpoint(ep)
+        # Outside the lock: a pass meanwhile sees an endpoint without its veth, and a
+        # route to a missing device is left unresolved, not swept or an error.
+        for ep in self._endpoints_of(container_id, ifname, pod_name, namespace):
+            self._delete_endpoint(ep)
         for handle in handles:
             self.ipam.release_handle(handle)
 

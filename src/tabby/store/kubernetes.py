@@ -151,8 +151,17 @@ class KubernetesStore(Store):
         method, url, headers, body_out, _ = self.api.param_serialize(
             method, path, query_params=list((query or {}).items()), header_params=headers,
             body=body, auth_settings=["BearerToken"])
-        return self.api.call_api(method, url, header_params=headers, body=body_out,
-                                 _request_timeout=timeout)
+        try:
+            return self.api.call_api(method, url, header_params=headers, body=body_out,
+                                     _request_timeout=timeout)
+        except kclient.ApiException as e:
+            # The client turns a TLS failure into ApiException(status=0): an API server
+            # gone mid-handshake (a relay or load balancer in front of it still accepts
+            # the connection). That is the transport failing, like a refused connection.
+            if e.status:
+                raise
+            raise urllib3.exceptions.ProtocolError(
+                " ".join(str(e.reason or e).split())) from e
 
     def _retrying(self, what: str, fn: Callable[[], T], *, idempotent: bool) -> T:
         deadline = time.monotonic() + self.op_timeout

@@ -262,6 +262,9 @@ class Kubelet:
             except (NotFound, Conflict):
                 pass  # gone already, or a new pod of that name
             return
+        if record is not None and not record.ips:  # its CNI ADD failed, and the undo too
+            self._teardown(record)
+            record = None
         model = Pod.from_manifest({**pod, "apiVersion": "v1", "kind": "Pod"})
         if model.host_network:
             ips, container_id = self.facts.addresses, uid.replace("-", "")
