@@ -196,14 +196,21 @@ def test_the_scheduler_spreads_the_replicas(app: Kubectl) -> None:
 
 @pytest.mark.parametrize("family", ["ipv4", "ipv6"])
 def test_pods_reach_each_other(app: Kubectl, family: str) -> None:
-    probes = json.loads(tabby(LAB, "lab", "probe", "-o", "json", "--family",
-                              family).stdout)["probes"]
     refs = [f"{NS}/{p.name}" for p in shop_pods()]
     want = {(s, t, proto, port) for s in refs for t in refs if s != t
             for proto, port in (("tcp", 8080), ("udp", 5353))}
-    assert {(p["from"], p["to"], p["protocol"], p["port"]) for p in probes} == want
-    assert {p["family"] for p in probes} == {family}
-    assert [p for p in probes if not p["connected"]] == []
+
+    def probe() -> list[dict[str, object]]:
+        probes: list[dict[str, object]] = json.loads(tabby(
+            LAB, "lab", "probe", "-o", "json", "--family", family).stdout)["probes"]
+        assert {(p["from"], p["to"], p["protocol"], p["port"]) for p in probes} == want
+        assert {p["family"] for p in probes} == {family}
+        return [p for p in probes if not p["connected"]]
+
+    # A pod is Ready once wired; the agents program it within a pass or two after
+    # (until then its traffic is dropped, fail closed): a single UDP datagram sent
+    # in between is lost where a TCP SYN is retried, so poll for the full matrix.
+    wait_for("every pod reaching every other", lambda: not probe(), 20)
 
 
 @pytest.mark.parametrize("version", [4, 6])

@@ -39,7 +39,7 @@ from tabby.errors import AddressNotFound, Conflict, PoolExhausted, TabbyError
 from tabby.ipam import blocks as blk
 from tabby.ipam.blocks import Reservation
 from tabby.ipam.pools import block_cidrs, block_for, pool_of, usable_pools
-from tabby.ipam.records import Held, Records, Select
+from tabby.ipam.records import UNKNOWN, Held, Records, Select
 from tabby.model import (
     BlockAffinity,
     IPAMBlock,
@@ -111,17 +111,26 @@ class IPAM:
     # -- assign ----------------------------------------------------------------
     def assign(self, handle_id: str, node: str, num_v4: int = 1, num_v6: int = 1,
                attrs: Mapping[str, str] | None = None, pools_v4: Sequence[str] = (),
-               pools_v6: Sequence[str] = ()) -> Assignment:
+               pools_v6: Sequence[str] = (), *, pools: Sequence[IPPool] | None = None,
+               labels: Mapping[str, str] | None = None,
+               handle: IPAMHandle | object | None = UNKNOWN) -> Assignment:
         """Give ``handle_id`` ``num_v4`` IPv4 and ``num_v6`` IPv6 addresses (idempotent:
-        what the handle already holds counts; all of it is returned)."""
-        handle = self.records.handle(handle_id)
+        what the handle already holds counts; all of it is returned).
+
+        A caller that already holds the pools, the node's labels or the handle as
+        just read (the agent: from its cache, and its own read) passes them, saving
+        the round trips; every write is still compare-and-swap, so a stale view
+        costs a retry, never a duplicate."""
+        if handle is UNKNOWN:
+            handle = self.records.handle(handle_id)
+        assert handle is None or isinstance(handle, IPAMHandle)
         held = self._held(handle_id, handle)
         want = {4: (num_v4, tuple(pools_v4)), 6: (num_v6, tuple(pools_v6))}
         need = {v: n - sum(1 for a, _ in held if a.version == v) for v, (n, _) in want.items()}
         if all(n <= 0 for n in need.values()):
             return Assignment.of(handle_id, held)
-        pools_all = self.client.list(IPPool)
-        labels = self._labels(node, pools_all)
+        pools_all = list(pools) if pools is not None else self.client.list(IPPool)
+        labels = dict(labels) if labels is not None else self._labels(node, pools_all)
         chosen = {v: usable_pools(pools_all, v, node, labels, want[v][1])
                   for v in (4, 6) if need[v] > 0}  # fails before anything is taken
         req = _Request(handle_id, node, dict(attrs or {}), handle)
