@@ -487,6 +487,7 @@ def fill(client: Any, scale: Scale) -> None:
     first, pods, rest = footprint_objects(scale)
     for obj in first:
         client.create(obj)
+    wait_service_accounts(client, [obj.meta.name for obj in first])
 
     def pod(obj: Any) -> None:
         created = client.create(obj)
@@ -496,6 +497,27 @@ def fill(client: Any, scale: Scale) -> None:
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(pod, pods))
         list(pool.map(client.create, rest))
+
+
+def wait_service_accounts(client: Any, namespaces: list[str], timeout: float = 30.0) -> None:
+    """On Kubernetes a pod is admitted only once its namespace's ``default``
+    ServiceAccount exists (the controller-manager makes it just after the namespace)."""
+    from tabby.errors import NotFound
+    from tabby.store.kubernetes import KubernetesStore
+    store = client.store
+    if not isinstance(store, KubernetesStore):
+        return
+    deadline = time.monotonic() + timeout
+    for ns in namespaces:
+        while True:
+            try:
+                store.request("GET", f"/api/v1/namespaces/{ns}/serviceaccounts/default")
+                break
+            except NotFound:
+                if time.monotonic() > deadline:
+                    raise BenchError(f"no default ServiceAccount in {ns} after"
+                                     f" {timeout:g}s") from None
+                time.sleep(0.05)
 
 
 def agent_get(ns: str, path: str) -> tuple[int, str]:

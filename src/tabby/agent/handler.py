@@ -93,13 +93,14 @@ class AgentPodHandler:
         with self._networks_lock:
             self._networks.add(req.network_name)
         handle = req.handle_id
-        # What the agent's cache follows (pools, this node, the pod and its namespace)
-        # comes from there: one ADD used to be ~21 round trips on Kubernetes. The
-        # pod, if created a moment ago, may not be cached yet: then it is read.
+        # This node, the pod and its namespace come from the agent's cache (one ADD
+        # was ~21 round trips on Kubernetes); a pod created a moment ago may not be
+        # cached yet: then it is read. The pools are read afresh, once, and handed
+        # to IPAM: a pool deleted a moment ago must not hand out an address.
         snapshot = self.cache.snapshot()
         held = self.ipam.records.handle(handle)
         fresh = held is None or not held.spec.blocks
-        pools = list(snapshot.of(IPPool)) or self.client.list(IPPool)
+        pools = self.client.list(IPPool)
         labels = self._labels(snapshot)
         fam = request_families(req.config.get("ipam"), pools, labels, self.node)
         if fresh:  # refuse before taking an address when IPAM would pick an IPIP pool
