@@ -77,7 +77,8 @@ class AgentPodHandler:
                  lock: threading.Lock, ready: Callable[[], bool], mtu: int = 1500) -> None:
         self.node = node
         self.client = client
-        self.ipam = IPAM(client)
+        self.ipam = IPAM(client, known_blocks=lambda: [
+            b.spec.cidr for b in cache.snapshot().blocks])
         self.cache = cache
         self.wirer = wirer
         self.lock = lock

@@ -32,7 +32,7 @@ block tried (lowest first), and two writes (handle, then block).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from tabby.errors import AddressNotFound, Conflict, PoolExhausted, TabbyError
@@ -102,8 +102,13 @@ class IPAM:
     """Address management on a typed store client (thread-safe: holds no state)."""
 
     def __init__(self, client: Client, *, reservations: Mapping[int, Reservation] | None = None,
-                 attempts: int = ATTEMPTS) -> None:
+                 attempts: int = ATTEMPTS,
+                 known_blocks: Callable[[], Iterable[IPNetwork]] | None = None) -> None:
         self.client = client
+        # Where blocks already exist, as far as the caller knows (the agent: its
+        # cache); without it a claim lists every block. A stale answer costs a
+        # lost create race (blocks are created by compare-and-swap), never a block.
+        self.known_blocks = known_blocks
         self.reservations = dict(reservations or {})  # IP version -> reservation for new blocks
         self.records = Records(client, attempts)
         self.attempts = attempts
@@ -218,8 +223,11 @@ class IPAM:
 
     def _claim(self, node: str, pools: list[IPPool], config: IPAMConfigSpec) -> IPNetwork | None:
         """Claim the lowest free block of the first pool that has one; None if none has."""
-        existing = {str(i.value.get("spec", {}).get("cidr", "")) for i in
-                    self.client.store.list(IPAMBlock.KIND.resource)}
+        if self.known_blocks is not None:
+            existing = {str(cidr) for cidr in self.known_blocks()}
+        else:
+            existing = {str(i.value.get("spec", {}).get("cidr", "")) for i in
+                        self.client.store.list(IPAMBlock.KIND.resource)}
         for pool in pools:
             for cidr in block_cidrs(pool):
                 if str(cidr) not in existing and self.records.claim(

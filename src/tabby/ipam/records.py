@@ -174,8 +174,9 @@ class Records:
         -> affinity confirmed. False if another node won the block."""
         pending = BlockAffinity(ObjectMeta(affinity_name(node, cidr)),
                                 BlockAffinitySpec(node, cidr, "pending"))
+        created: BlockAffinity | None = None
         try:
-            self.client.create(pending)
+            created = self.client.create(pending)
         except Conflict:  # ours already (an earlier try, or a sibling), or a name that
             if not _names(self.client.try_get(BlockAffinity, pending.meta.name), node, cidr):
                 return False  # reads two ways and is another node's: leave this block
@@ -189,6 +190,13 @@ class Records:
                 self.delete_affinity(node, cidr)
                 return False
             # a sibling process of this node won the block: it is ours all the same
+        if created is not None:  # confirm what we wrote, without reading it back
+            confirmed = dataclasses.replace(created.spec, state="confirmed")
+            try:
+                self.client.update(dataclasses.replace(created, spec=confirmed), created)
+                return True
+            except (Conflict, NotFound):
+                pass  # a sibling moved it: confirm from a fresh read
         self.confirm(node, cidr)
         return True
 
