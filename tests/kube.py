@@ -1,16 +1,14 @@
 """Helpers for tests that run a real Kubernetes control plane (tabby.kube.controlplane).
 
     with running_control_plane(tmp_path) as cp: ...       # skips when not built
-    kubectl(cp, "get", "pods", "-A", "-o", "json")        # -> CompletedProcess
+    kubectl(cp, "get", "pods", "-A")                      # -> CompletedProcess
     apply_yaml(cp, docs)                                  # kubectl apply -f -
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import subprocess
-import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -55,19 +53,3 @@ def kubectl(cp: ControlPlane, *args: str, stdin: str | None = None, check: bool 
 
 def apply_yaml(cp: ControlPlane, docs: Iterable[dict[str, Any]], *args: str) -> str:
     return kubectl(cp, "apply", *args, "-f", "-", stdin=yaml.safe_dump_all(list(docs))).stdout
-
-
-def get_json(cp: ControlPlane, *args: str) -> Any:
-    return json.loads(kubectl(cp, "get", *args, "-o", "json").stdout)
-
-
-def wait_for(what: str, check: Any, timeout: float = 30.0, interval: float = 0.1) -> Any:
-    """Poll ``check()`` until it returns something truthy; that value, or fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"{what}: not after {timeout:.0f}s (last: {last!r})")

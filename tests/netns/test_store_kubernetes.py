@@ -29,8 +29,8 @@ from tabby.kube.resources import APIResource, default_resources
 from tabby.store import open_store
 from tabby.store.base import Key
 from tabby.store.kubernetes import KubernetesStore
-from tests.kube import apply_yaml, kubectl, running_control_plane, wait_for
-from tests.store_contract import StoreContract, value
+from tests.kube import apply_yaml, kubectl, running_control_plane
+from tests.store_contract import StoreContract, collect, value
 
 GROUP = "contract.tabby.dev"
 THINGS = "things"  # the contract's "pods" CRD, beside the real kinds
@@ -263,7 +263,7 @@ def test_compacted_history_raises_compacted(cp: ControlPlane, store: KubernetesS
     cp.stop_apiserver()
     cp.start_apiserver()
     with pytest.raises(Compacted), store.watch(THINGS, old.revision + 1) as w:
-        wait_for("Compacted", lambda: w.next(1.0) and False, timeout=20)
+        collect(w, 1, timeout=20)  # nothing came: the 410 did
     listing = store.list(THINGS, "c")
     assert [json.dumps(i.value["spec"]) for i in listing] == [json.dumps(value(6)["spec"])]
     store.delete(Key(THINGS, "c", "old"))

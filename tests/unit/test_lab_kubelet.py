@@ -6,7 +6,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tabby.errors import Compacted, Conflict, NotFound, StoreError, Unavailable
+from tabby.errors import Compacted, Conflict, Forbidden, NotFound, Unavailable
 from tabby.kube.binaries import KUBERNETES_VERSION
 from tabby.lab.kubelet.api import WorkQueue, status_error
 from tabby.lab.kubelet.documents import (
@@ -105,8 +105,10 @@ def test_status_codes_map_onto_the_error_tree() -> None:
     assert isinstance(status_error("x", 409, "exists"), Conflict)
     assert isinstance(status_error("x", 410, "too old"), Compacted)
     assert isinstance(status_error("x", 503, "busy"), Unavailable)
-    error = status_error("create node n", 403, "forbidden")
-    assert type(error) is StoreError and str(error) == "create node n: 403 forbidden"
+    status = '{"kind": "Status", "code": 403, "message": "nodes is forbidden: User x"}'
+    error = status_error("create node n", 403, status)
+    assert isinstance(error, Forbidden)
+    assert str(error) == "create node n: nodes is forbidden: User x"
 
 
 def test_work_queue_never_hands_one_key_to_two_workers() -> None:

@@ -21,7 +21,6 @@ election is off (one of each).
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import os
 import signal
@@ -36,7 +35,7 @@ from pathlib import Path
 from tabby.errors import LabError
 from tabby.kube import binaries
 from tabby.kube.pki import PKI, SERVICE_NAMES, write_kubeconfig
-from tabby.testing.etcd import EtcdCluster, free_ports
+from tabby.testing.etcd import EtcdCluster, end_process, free_ports
 
 __all__ = ["ControlPlane"]
 
@@ -234,17 +233,8 @@ class ControlPlane:
 
     def _end(self, role: str, sig: int) -> None:
         proc = self._procs.pop(role, None)
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, sig)
-        try:
-            proc.wait(10.0)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
+        if proc is not None:
+            end_process(proc, sig, grace=10.0)
 
     def _check_alive(self, role: str) -> None:
         proc = self._procs.get(role)

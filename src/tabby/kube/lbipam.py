@@ -32,7 +32,7 @@ from tabby.errors import Compacted, Conflict, FieldError, NotFound, TabbyError
 from tabby.model import IPPool, Resource, Service
 from tabby.services.controller import ingress_for
 from tabby.store.base import Event, Item, Store
-from tabby.store.client import Client, from_item, key_of, to_value
+from tabby.store.client import from_item, key_of, to_value
 
 __all__ = ["LoadBalancerController", "desired_ingress"]
 
@@ -68,8 +68,6 @@ def desired_ingress(services: Iterable[Service], pools: Sequence[IPPool],
 class LoadBalancerController:
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.client = Client(store)
-        self.writes = 0
 
     def sync(self, services: Sequence[Service], pools: Sequence[IPPool]) -> int:
         """Write every Service whose ingress differs; returns how many were written."""
@@ -88,7 +86,6 @@ class LoadBalancerController:
             log.info("%s: loadBalancer ingress %s", svc.ref,
                      ", ".join(map(str, want)) or "(none)")
             written += 1
-        self.writes += written
         return written
 
     def run(self, stop: threading.Event) -> None:

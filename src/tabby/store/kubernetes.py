@@ -55,6 +55,7 @@ from kubernetes import config as kconfig
 from kubernetes.config.config_exception import ConfigException
 
 from tabby.errors import (
+    Compacted,
     ConfigError,
     Conflict,
     FieldError,
@@ -351,7 +352,12 @@ def _body(res: APIResource, key: Key, value: Value) -> Json:
 
 # -- errors ------------------------------------------------------------------------------
 
-def error_for(status: int, data: bytes, what: str) -> StoreError | ValidationError:
+def error_for(status: int, data: bytes | str | None, what: str) -> StoreError | ValidationError:
+    """The error of an API server answer with ``status`` and body ``data`` (a Status
+    object, usually), in tabby's tree, naming ``what`` was asked."""
+    if isinstance(data, str):
+        data = data.encode()
+    data = data or b""
     try:
         doc: Json = json.loads(data) if data else {}
     except ValueError:
@@ -361,6 +367,8 @@ def error_for(status: int, data: bytes, what: str) -> StoreError | ValidationErr
         return NotFound(f"{what}: {message}")
     if status == 409:
         return Conflict(f"{what}: {message}")
+    if status == 410:
+        return Compacted(f"{what}: {message}")
     if status in (401, 403):
         return Forbidden(f"{what}: {message}")
     if status == 422:

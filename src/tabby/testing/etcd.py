@@ -34,7 +34,7 @@ from pathlib import Path
 
 from tabby.errors import LabError
 
-__all__ = ["EtcdCluster", "EtcdMember"]
+__all__ = ["EtcdCluster", "EtcdMember", "end_process", "free_ports"]
 
 _POLL = 0.05
 
@@ -234,15 +234,22 @@ class EtcdCluster:
         # waits seconds for it if the member it picked is stopping too.
         procs, self._procs = self._procs, {}
         for proc in procs.values():
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(5.0)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
+            end_process(proc)
+
+
+def end_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM,
+                grace: float = 5.0) -> None:
+    """Send ``sig`` to a child we started (by its PID), wait ``grace`` seconds for it to
+    exit, SIGKILL it if it has not, and reap it."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, sig)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def _healthy(member: EtcdMember) -> bool:

@@ -2,9 +2,10 @@
 
 ``KubeApi`` wraps the official client (its kubeconfig handling and TLS): JSON
 dicts in and out (``_preload_content=False``), and the API server's refusals
-turned into tabby's error tree: 404 NotFound, 409 Conflict, 410 Compacted
-(a watch's resourceVersion is too old), no answer or 5xx Unavailable, the rest
-StoreError, each naming the call and the server's message.
+turned into tabby's error tree by the Kubernetes store's own mapping
+(``tabby.store.kubernetes.error_for``: 404 NotFound, 409 Conflict, 410
+Compacted, 403 Forbidden, ...), with no answer or a 5xx as Unavailable, each
+naming the call and the server's message.
 
 ``WorkQueue`` is client-go's workqueue in small: a key added while queued is
 queued once; a key added while a worker holds it is queued again only when
@@ -13,7 +14,6 @@ that worker is done, so one pod is never handled by two workers at once.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 from collections import deque
@@ -26,9 +26,10 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.watch.watch import iter_resp_lines
 
-from tabby.errors import Compacted, ConfigError, Conflict, NotFound, StoreError, Unavailable
+from tabby.errors import ConfigError, TabbyError, Unavailable
 from tabby.kube.binaries import KUBERNETES_VERSION
 from tabby.lab.kubelet.documents import LEASE_NAMESPACE, Json, Key
+from tabby.store.kubernetes import APIError, error_for
 
 __all__ = ["KubeApi", "WorkQueue"]
 
@@ -113,7 +114,7 @@ class KubeApi:
                 if event.get("type") == "ERROR":
                     status = event.get("object") or {}
                     raise status_error(f"watch pods of {node}", int(status.get("code") or 0),
-                                       str(status.get("message", "")))
+                                       json.dumps(status))
                 yield event
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise Unavailable(f"watch pods of {node}: the stream broke ({exc})") from exc
@@ -137,24 +138,17 @@ class KubeApi:
                           namespace, body)
 
 
-def api_error(what: str, exc: k8s.ApiException) -> StoreError:
-    message = exc.reason or ""
-    with contextlib.suppress(ValueError, AttributeError):  # not a Status object: keep the reason
-        message = json.loads(exc.body or "{}").get("message") or message
-    return status_error(what, int(exc.status or 0), str(message))
+def api_error(what: str, exc: k8s.ApiException) -> TabbyError:
+    return status_error(what, int(exc.status or 0), exc.body or exc.reason or "")
 
 
-def status_error(what: str, code: int, message: str) -> StoreError:
-    text = f"{what}: {code} {message}".rstrip()
-    if code == 404:
-        return NotFound(text)
-    if code == 409:
-        return Conflict(text)
-    if code == 410:
-        return Compacted(text)
-    if code == 0 or code >= 500:
-        return Unavailable(text)
-    return StoreError(text)
+def status_error(what: str, code: int, body: bytes | str) -> TabbyError:
+    """The store's mapping of API answers (``error_for``), and for a kubelet no answer
+    or a 5xx is Unavailable: it retries those with backoff."""
+    error = error_for(code, body, what)
+    if isinstance(error, APIError) and (code == 0 or code >= 500):
+        return Unavailable(str(error))
+    return error
 
 
 class WorkQueue:
