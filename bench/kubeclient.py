@@ -399,7 +399,7 @@ class Tabby:
     page = PAGE
 
     def __init__(self, kubeconfig: str) -> None:
-        from tabby.kube.resources import APIResource
+        from tabby.store.kuberesources import APIResource
         from tabby.store.kubernetes import KubernetesStore
         resources = [APIResource(g, "v1", p, k, n) for g, p, k, n in RESOURCES]
         self.store = KubernetesStore(kubeconfig, resources={r.name: r for r in resources},

@@ -164,8 +164,8 @@ class Tabby:
 
     def sync(self, objs: Sequence[object], *, full: bool = False) -> float:
         """Seconds for services_part + render + ``nft -f`` (the snapshot timed apart)."""
-        from tabby.calc.snapshot import Snapshot
         from tabby.services.nft import services_part
+        from tabby.snapshot import Snapshot
         started = time.perf_counter()
         snapshot = Snapshot.build(others=objs)  # type: ignore[arg-type]
         built = time.perf_counter()

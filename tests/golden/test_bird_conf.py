@@ -21,8 +21,8 @@ import pytest
 import yaml
 
 from tabby.bgp.config import render_bird_conf
-from tabby.calc.snapshot import Snapshot
 from tabby.model import IPAMBlock, Node, block_name, parse_manifest
+from tabby.snapshot import Snapshot
 
 HERE = Path(__file__).parent / "bird"
 CASES = sorted(HERE.glob("*.yaml"))

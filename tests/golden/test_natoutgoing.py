@@ -9,9 +9,9 @@ from pathlib import Path
 import yaml
 
 from tabby.calc.natoutgoing import natoutgoing_part
-from tabby.calc.snapshot import Snapshot
 from tabby.model import parse_manifest
 from tabby.nft.render import render_full
+from tabby.snapshot import Snapshot
 
 HERE = Path(__file__).parent / "natoutgoing"
 

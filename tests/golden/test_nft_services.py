@@ -8,10 +8,10 @@ from pathlib import Path
 
 import yaml
 
-from tabby.calc.snapshot import Snapshot
 from tabby.model import Node, parse_manifest
 from tabby.nft.render import render_full
 from tabby.services.nft import services_part
+from tabby.snapshot import Snapshot
 
 HERE = Path(__file__).parent / "services"
 

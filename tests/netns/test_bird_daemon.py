@@ -23,9 +23,9 @@ from tabby.bgp.config import render_bird_conf
 from tabby.bgp.control import BirdError, ask
 from tabby.bgp.daemon import Bird
 from tabby.bgp.status import node_status
-from tabby.calc.snapshot import Snapshot
 from tabby.lab import system
 from tabby.model import IPAMBlock, Node, Resource, block_name, parse_manifest
+from tabby.snapshot import Snapshot
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("bird") is None,
                                 reason="needs root and BIRD (bird2)")

@@ -17,8 +17,9 @@ from collections.abc import Iterator
 import pytest
 
 from tabby.dataplane.netlink import CallCounts, entered_netns
-from tabby.dataplane.pods import HOST_MAC, PodWirer, PodWiring, host_veth_name
+from tabby.dataplane.pods import PodWirer, PodWiring, host_veth_name
 from tabby.errors import DataplaneError
+from tabby.marks import HOST_MAC
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
                                 reason="needs root and iproute2 (network namespaces)")

@@ -12,8 +12,9 @@ import pytest
 
 from tabby.calc.routes import Route
 from tabby.dataplane.netlink import CallCounts, Netlink
-from tabby.dataplane.routes import ROUTE_PROTOCOL, RouteReconciler
+from tabby.dataplane.routes import RouteReconciler
 from tabby.dataplane.sysctls import SysctlReconciler, desired_node_sysctls
+from tabby.marks import ROUTE_PROTOCOL
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
                                 reason="needs root and iproute2 (network namespaces)")

@@ -25,9 +25,9 @@ import pytest
 
 from tabby.errors import Compacted, Conflict, Forbidden, NotFound, Unavailable, ValidationError
 from tabby.kube.controlplane import ControlPlane
-from tabby.kube.resources import APIResource, default_resources
 from tabby.store import open_store
 from tabby.store.base import Key
+from tabby.store.kuberesources import APIResource, default_resources
 from tabby.store.kubernetes import KubernetesStore
 from tests.kube import apply_yaml, kubectl, running_control_plane
 from tests.store_contract import StoreContract, collect, value

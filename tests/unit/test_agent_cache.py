@@ -158,8 +158,8 @@ def test_snapshot_by_difference_equals_a_fresh_build(client: Client) -> None:
     what the cache holds, kind by kind, in the same order."""
     import random
 
-    from tabby.calc.snapshot import Snapshot
     from tabby.model import Namespace, Resource
+    from tabby.snapshot import Snapshot
 
     rng = random.Random(7)
     cache = StoreCache(client.store, "node-1")

@@ -16,8 +16,8 @@ from tabby.calc.bird import (
     settings,
 )
 from tabby.calc.routes import desired_routes
-from tabby.calc.snapshot import Snapshot
 from tabby.model import IPAMBlock, Node, Resource, block_name, parse_manifest
+from tabby.snapshot import Snapshot
 
 net = ipaddress.ip_network
 addr = ipaddress.ip_address

@@ -5,8 +5,8 @@ from __future__ import annotations
 import ipaddress
 
 from tabby.calc.endpoints import Attachment, endpoint_updates, new_endpoint, refreshed_endpoint
-from tabby.calc.snapshot import Snapshot
 from tabby.model import Namespace, Pod, WorkloadEndpoint
+from tabby.snapshot import Snapshot
 
 
 def pod(name: str, labels: dict[str, str], ns: str = "default", sa: str = "") -> Pod:

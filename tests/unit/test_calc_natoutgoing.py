@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from tabby.calc.natoutgoing import CHAIN, natoutgoing_part
 from tabby.calc.nftables import desired_ruleset
-from tabby.calc.snapshot import Snapshot
 from tabby.nft.model import Ruleset
+from tabby.snapshot import Snapshot
 from tests.unit.test_calc_vxlan import pool
 
 

@@ -14,8 +14,8 @@ from tabby.calc.routes import (
     remote_block_routes,
     route_sort_key,
 )
-from tabby.calc.snapshot import Snapshot
 from tabby.model import IPAMBlock, Node, WorkloadEndpoint
+from tabby.snapshot import Snapshot
 
 net = ipaddress.ip_network
 addr = ipaddress.ip_address

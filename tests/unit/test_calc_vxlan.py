@@ -9,7 +9,6 @@ import pytest
 
 from tabby.calc.ipip import ipip_pools, ipip_pools_of, refusal
 from tabby.calc.routes import Route, desired_routes
-from tabby.calc.snapshot import Snapshot
 from tabby.calc.vxlan import (
     Fdb,
     Neighbour,
@@ -26,6 +25,7 @@ from tabby.calc.vxlan import (
 )
 from tabby.model import IPPool, Node
 from tabby.nft.model import Ruleset
+from tabby.snapshot import Snapshot
 from tests.unit.test_calc_routes import block
 
 net = ipaddress.ip_network

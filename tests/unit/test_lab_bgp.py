@@ -7,12 +7,12 @@ from typing import Any
 import pytest
 
 from tabby.calc.bird import MESH, NODE_SPECIFIC, RR_CLIENT, desired_bird
-from tabby.calc.snapshot import Snapshot
 from tabby.lab import bgp
 from tabby.lab.datastore import node_manifest, pool_manifest
 from tabby.lab.frr import bgpd_conf
 from tabby.lab.topology import Topology, plan
 from tabby.model import BGPPeer, IPPool, Node
+from tabby.snapshot import Snapshot
 
 
 def snapshot(t: Topology) -> Snapshot:

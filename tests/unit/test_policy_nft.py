@@ -6,12 +6,12 @@ import dataclasses
 import time
 
 from tabby.calc.nftables import contributors, desired_ruleset
-from tabby.calc.snapshot import Snapshot
 from tabby.model import Resource, WorkloadEndpoint
 from tabby.nft.render import render_delta, render_full
 from tabby.policy import synthetic
 from tabby.policy.nftables import desired_policy, policy_chain_name, policy_contributor
 from tabby.policy.synthetic import from_yaml, pod_endpoint, snapshot_of
+from tabby.snapshot import Snapshot
 
 BASE = """
 apiVersion: v1

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from tabby.calc.snapshot import Snapshot
 from tabby.model import BGPConfiguration, EndpointSlice, Resource, Service
 from tabby.services.bgp import local_service_routes
+from tabby.snapshot import Snapshot
 
 
 def doc(kind: str, name: str, body: dict[str, Any], api: str = "v1",

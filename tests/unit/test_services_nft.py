@@ -5,12 +5,12 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from tabby.calc.snapshot import Snapshot
 from tabby.model import EndpointSlice, Node, Resource, Service
 from tabby.nft.model import Ruleset
 from tabby.nft.render import render_delta
 from tabby.services.nft import services_part
 from tabby.services.view import port_views
+from tabby.snapshot import Snapshot
 
 NODE = Node.from_manifest({"apiVersion": "tabby.dev/v1", "kind": "Node",
                            "metadata": {"name": "node-1"},

@@ -30,7 +30,6 @@ import logging
 import threading
 from collections.abc import Iterable
 
-from tabby.calc.snapshot import Snapshot
 from tabby.errors import ValidationError
 from tabby.model import (
     BlockAffinity,
@@ -44,6 +43,7 @@ from tabby.model import (
     WorkloadEndpoint,
     all_kinds,
 )
+from tabby.snapshot import Snapshot
 from tabby.store.base import Event, Item, Key, Store
 from tabby.store.client import from_item, key_of
 

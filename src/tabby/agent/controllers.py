@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from tabby.calc.snapshot import Snapshot
+from tabby.snapshot import Snapshot
 
 if TYPE_CHECKING:
     from tabby.agent.daemon import AgentConfig

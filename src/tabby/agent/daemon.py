@@ -45,7 +45,6 @@ from tabby.agent.http import HealthServer
 from tabby.agent.metrics import AgentMetrics
 from tabby.calc.endpoints import endpoint_updates, refreshed_endpoint
 from tabby.calc.routes import desired_routes
-from tabby.calc.snapshot import Snapshot
 from tabby.cni.wire import DEFAULT_SOCKET
 from tabby.dataplane.netlink import CallCounts
 from tabby.dataplane.pods import PodWirer
@@ -53,6 +52,7 @@ from tabby.dataplane.routes import RouteReconciler
 from tabby.dataplane.sysctls import SysctlReconciler, SysctlSync, desired_node_sysctls
 from tabby.errors import Compacted, NotFound, TabbyError
 from tabby.model import Namespace, Pod, WorkloadEndpoint
+from tabby.snapshot import Snapshot
 from tabby.store.base import Event, Store, Watch
 from tabby.store.client import Client
 

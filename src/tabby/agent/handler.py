@@ -33,7 +33,6 @@ from typing import Any
 from tabby.agent.cache import StoreCache
 from tabby.calc.endpoints import Attachment, new_endpoint
 from tabby.calc.ipip import ipip_pools_of, refusal
-from tabby.calc.snapshot import Snapshot
 from tabby.calc.vxlan import pod_mtu
 from tabby.cni import wire
 from tabby.cni.protocol import CNIError, CNIRequest
@@ -42,7 +41,6 @@ from tabby.cni.results import Route as CNIRoute
 from tabby.dataplane.pods import (
     DEFAULT_V4,
     DEFAULT_V6,
-    HOST_MAC,
     PodWirer,
     PodWiring,
     gateway_for,
@@ -52,7 +50,9 @@ from tabby.dataplane.vxlan import ipip_supported
 from tabby.errors import ConfigError, Conflict, NotFound, NoUsablePool
 from tabby.ipam import IPAM
 from tabby.ipam.pools import usable_pools, why_unusable
+from tabby.marks import HOST_MAC
 from tabby.model import IPPool, Namespace, Node, Pod, WorkloadEndpoint, endpoint_name
+from tabby.snapshot import Snapshot
 from tabby.store.client import Client, key_of
 
 log = logging.getLogger(__name__)

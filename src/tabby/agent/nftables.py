@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 
 from tabby.calc.nftables import desired_ruleset
-from tabby.calc.snapshot import Snapshot
 from tabby.dataplane.nft import NftReconciler
 from tabby.errors import DataplaneError
+from tabby.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 

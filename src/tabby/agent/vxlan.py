@@ -23,7 +23,6 @@ import ipaddress
 import logging
 
 from tabby.calc.ipip import ipip_pools, refusal
-from tabby.calc.snapshot import Snapshot
 from tabby.calc.vxlan import (
     TUNNEL_TYPE,
     desired_devices,
@@ -38,6 +37,7 @@ from tabby.dataplane.vxlan import VxlanReconciler, ipip_supported
 from tabby.errors import TabbyError
 from tabby.ipam import IPAM
 from tabby.model import Node
+from tabby.snapshot import Snapshot
 from tabby.store.client import Client
 
 log = logging.getLogger(__name__)

@@ -31,8 +31,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from tabby.calc.bird import BirdConfig, Origin, Peer, desired_bird
-from tabby.calc.snapshot import Snapshot
 from tabby.model.bgpfields import Community
+from tabby.snapshot import Snapshot
 
 GR_WAIT = 20  # seconds a restarted BIRD waits for its sessions before syncing the kernel
 SCAN_TIME = 10  # seconds between interface scans (changes arrive by netlink anyway)

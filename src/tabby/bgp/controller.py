@@ -18,8 +18,8 @@ from pathlib import Path
 
 from tabby.bgp.config import render_bird_conf
 from tabby.bgp.daemon import Bird
-from tabby.calc.snapshot import Snapshot
 from tabby.errors import TabbyError
+from tabby.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 

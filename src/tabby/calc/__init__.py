@@ -1,6 +1,6 @@
 """Pure calculation: a store ``Snapshot`` and a node name in, desired state out. No I/O."""
 
 from tabby.calc.routes import Route, desired_routes
-from tabby.calc.snapshot import Snapshot
+from tabby.snapshot import Snapshot
 
 __all__ = ["Route", "Snapshot", "desired_routes"]

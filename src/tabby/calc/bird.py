@@ -48,11 +48,11 @@ from typing import TypeVar
 
 from tabby import selector
 from tabby.calc.routes import borrowed_addresses, live_blocks
-from tabby.calc.snapshot import Snapshot
 from tabby.model import BGPConfiguration, BGPPeer, IPPool, Node, Secret
 from tabby.model.bgpconfiguration import DEFAULT_AS, DEFAULT_NAME, DEFAULT_PORT, NODE_PREFIX
 from tabby.model.bgpfields import SECRET_NAMESPACE, Community, Password, password_problem
 from tabby.services.bgp import local_service_routes
+from tabby.snapshot import Snapshot
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -18,9 +18,9 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from tabby.calc.snapshot import Snapshot
 from tabby.model import Namespace, ObjectMeta, Pod, WorkloadEndpoint, endpoint_name
 from tabby.model.workloadendpoint import EndpointPort, WorkloadEndpointSpec
+from tabby.snapshot import Snapshot
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Sequence
 
-from tabby.calc.snapshot import Snapshot
 from tabby.calc.vxlan import pool_holding
 from tabby.model import IPPool
+from tabby.snapshot import Snapshot
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

@@ -20,9 +20,9 @@ on every node, as in Calico.
 from __future__ import annotations
 
 from tabby.calc.nftables import contributor
-from tabby.calc.snapshot import Snapshot
 from tabby.model import IPPool
 from tabby.nft.model import Chain, HookEntry, NftSet, Rule, Ruleset
+from tabby.snapshot import Snapshot
 
 CHAIN = "natout-post"
 ORDER = 500  # after other features' source NAT (services' hairpin masquerade, ...)

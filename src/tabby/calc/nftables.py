@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from tabby.calc.snapshot import Snapshot
 from tabby.nft.model import Ruleset, merge
+from tabby.snapshot import Snapshot
 
 Contributor = Callable[[Snapshot, str], Ruleset]
 _CONTRIBUTORS: list[Contributor] = []

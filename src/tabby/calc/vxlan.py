@@ -46,15 +46,16 @@ from dataclasses import dataclass
 
 from tabby.calc.nftables import contributor
 from tabby.calc.routes import Route, borrowed_addresses, live_blocks
-from tabby.calc.snapshot import Snapshot
+from tabby.marks import VXLAN_DEVICES, tunnel_handle
 from tabby.model import IPPool, Node
 from tabby.nft.model import HookEntry, NftSet, Rule, Ruleset
+from tabby.snapshot import Snapshot
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
-DEVICES = {4: "vxlan.tabby", 6: "vxlan-v6.tabby"}
+DEVICES = VXLAN_DEVICES
 VNI = {4: 4096, 6: 6096}
 PORT = 4789
 OVERHEAD = {4: 50, 6: 70}  # outer IP + UDP + VXLAN + inner Ethernet header
@@ -133,11 +134,6 @@ def tunnel_pool(snapshot: Snapshot, node: str, version: int) -> IPPool | None:
         if pool.version == version and pool.usable_for("Tunnel") and pool.selects(labels):
             return pool
     return None
-
-
-def tunnel_handle(node: str, version: int) -> str:
-    """IPAM handle of the node's VTEP address (Calico's names)."""
-    return f"vxlan-tunnel-addr-{node}" if version == 4 else f"vxlan-v6-tunnel-addr-{node}"
 
 
 def tunnel_mac(node: str, version: int) -> str:

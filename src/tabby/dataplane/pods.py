@@ -23,24 +23,21 @@ import errno
 import hashlib
 import ipaddress
 import os
-import re
 from dataclasses import dataclass
 
 from tabby.dataplane.netlink import CallCounts, Link, Netlink, NetlinkError
-from tabby.dataplane.routes import ROUTE_PROTOCOL
 from tabby.errors import DataplaneError
+from tabby.marks import HOST_MAC, HOST_VETH, ROUTE_PROTOCOL, VETH_PREFIX
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-VETH_PREFIX = "tab"
-HOST_MAC = "ee:ee:ee:ee:ee:ee"
 GATEWAY_V4 = ipaddress.IPv4Address("169.254.1.1")
 GATEWAY_V6 = ipaddress.IPv6Address("fe80::ecee:eeff:feee:eeee")
 DEFAULT_V4 = ipaddress.IPv4Network("0.0.0.0/0")
 DEFAULT_V6 = ipaddress.IPv6Network("::/0")
-_HOST_VETH = re.compile(rf"^{VETH_PREFIX}[0-9a-f]{{12}}$")
+_HOST_VETH = HOST_VETH
 
 
 def host_veth_name(container_id: str, ifname: str) -> str:

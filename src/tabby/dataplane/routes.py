@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 
 from tabby.calc.routes import Route, route_sort_key
 from tabby.dataplane.netlink import CallCounts, KernelRoute, Netlink, NetlinkError
+from tabby.marks import ROUTE_PROTOCOL
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-ROUTE_PROTOCOL = 77
 """tabby's route protocol number (``ip route ... proto 77``).
 
 Unassigned in iproute2's ``rt_protos`` (kernel 0-4, zebra 11, bird 12, bgp 186,

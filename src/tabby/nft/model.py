@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from tabby.errors import DataplaneError
+from tabby.marks import NFT_FAMILY, NFT_TABLE
 
-TABLE = "tabby"
-FAMILY = "inet"
+TABLE = NFT_TABLE
+FAMILY = NFT_FAMILY
 N = TypeVar("N", "Chain", "NftSet", "NftMap")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,62}$")
 

@@ -33,7 +33,6 @@ from collections.abc import Callable
 from typing import Any
 
 from tabby.calc.nftables import contributor
-from tabby.calc.snapshot import Snapshot
 from tabby.nft.model import Chain, HookEntry, NftMap, NftSet, Rule, Ruleset
 from tabby.policy import hostendpoints
 from tabby.policy.compile import CompiledPolicy
@@ -43,6 +42,7 @@ from tabby.policy.program import PolicyProgram, build_program
 from tabby.policy.program import reset_caches as program_reset
 from tabby.policy.render import CLEAR, MARK_BITS, render_rule
 from tabby.policy.sets import SetBook
+from tabby.snapshot import Snapshot
 
 ND_TYPES = ("nd-router-solicit", "nd-router-advert", "nd-neighbor-solicit",
             "nd-neighbor-advert", "mld-listener-query", "mld-listener-report",

@@ -23,7 +23,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tabby.calc.snapshot import Snapshot
 from tabby.model import (
     FelixConfiguration,
     GlobalNetworkPolicy,
@@ -51,6 +50,7 @@ from tabby.policy.index import (
     wep_entity,
 )
 from tabby.policy.sets import SetBook
+from tabby.snapshot import Snapshot
 
 STAGES = ("normal", "forward", "predNAT", "untracked")
 DIRECTIONS = ("ingress", "egress")

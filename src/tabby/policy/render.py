@@ -25,13 +25,12 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 
+from tabby.marks import MARK_ALLOW, MARK_PASS, MARK_POLICY
 from tabby.model.policyrules import ICMPMatch
 from tabby.nft.model import Rule
 from tabby.policy.ir import Action, AddrMatch, IRRule, PortMatch, SetRef, Side
 
-MARK_ALLOW = 0x10000
-MARK_PASS = 0x20000
-MARK_BITS = MARK_ALLOW | MARK_PASS
+MARK_BITS = MARK_POLICY
 CLEAR = f"meta mark set meta mark & {0xFFFFFFFF & ~MARK_BITS:#010x}"
 L4 = {6: "tcp", 17: "udp", 132: "sctp", 136: "udplite"}
 PROTO_NAMES = {1: "icmp", 58: "ipv6-icmp", **L4}

@@ -18,7 +18,6 @@ from typing import Any
 
 import yaml
 
-from tabby.calc.snapshot import Snapshot
 from tabby.model import (
     K8sNetworkPolicy,
     Namespace,
@@ -30,6 +29,7 @@ from tabby.model import (
     parse_manifest,
 )
 from tabby.model.workloadendpoint import EndpointPort, WorkloadEndpointSpec
+from tabby.snapshot import Snapshot
 
 POD_NET = ipaddress.IPv4Network("198.19.0.0/16")
 POD_NET6 = ipaddress.IPv6Network("fd7a:bb1e:1::/64")

@@ -18,11 +18,11 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-from tabby.calc.snapshot import Snapshot
 from tabby.model import BGPConfiguration
 from tabby.model.bgpconfiguration import BGPConfigurationSpec
 from tabby.model.service import EndpointSlice, Service
 from tabby.services.view import service_inputs, service_views
+from tabby.snapshot import Snapshot
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

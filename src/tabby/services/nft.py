@@ -60,16 +60,16 @@ import hashlib
 import ipaddress
 
 from tabby.calc.nftables import contributor
-from tabby.calc.snapshot import Snapshot
-from tabby.dataplane.pods import VETH_PREFIX
+from tabby.marks import MARK_MASQ, VETH_PREFIX
 from tabby.model.service import EndpointSlice, Service
 from tabby.nft.model import Chain, HookEntry, NftMap, NftSet, Rule, Ruleset
 from tabby.services.shares import Merged, Part, ShareCache
 from tabby.services.view import Backend, PortView, service_inputs, service_views
+from tabby.snapshot import Snapshot
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-MASQ_MARK = 0x4000
+MASQ_MARK = MARK_MASQ
 FAMILIES = (4, 6)
 L4 = "meta l4proto { tcp, udp, sctp }"
 HOOK_ORDER_NAT = 100

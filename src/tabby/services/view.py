@@ -20,8 +20,8 @@ import ipaddress
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from tabby.calc.snapshot import Snapshot
 from tabby.model.service import SERVICE_NAME_LABEL, EndpointSlice, Service, ServicePort
+from tabby.snapshot import Snapshot
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

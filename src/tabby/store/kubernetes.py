@@ -3,7 +3,7 @@
     kubernetes:///path/to/kubeconfig      a kubeconfig file
     kubernetes://                         in-cluster: the pod's service account
 
-Each store resource is an API resource (``tabby.kube.resources``): Kubernetes'
+Each store resource is an API resource (``tabby.store.kuberesources``): Kubernetes'
 own kinds as the API server serves them, tabby's kinds as custom resources
 (``manifests/crds.yaml``). The official ``kubernetes`` client does the
 configuration, authentication, TLS and connection pooling; objects travel as
@@ -65,8 +65,8 @@ from tabby.errors import (
     Unavailable,
     ValidationError,
 )
-from tabby.kube.resources import APIResource, default_resources
 from tabby.store.base import Item, Key, ListResult, Store, Value, Watch
+from tabby.store.kuberesources import APIResource, default_resources
 
 __all__ = ["APIError", "KubernetesStore", "api_client"]
 

@@ -24,8 +24,8 @@ from typing import Any
 import urllib3
 
 from tabby.errors import Compacted, StoreError, Unavailable
-from tabby.kube.resources import APIResource
 from tabby.store.base import Event, QueuedWatch
+from tabby.store.kuberesources import APIResource
 from tabby.store.kubernetes import KubernetesStore, _key_of, error_for, served_value
 
 log = logging.getLogger(__name__)
