@@ -174,7 +174,7 @@ def percentile(values: Sequence[float], pct: float) -> float:
 
 def compile_tabby(n: int) -> Any:
     """tabby's table for the size-n state, as the agent's calculation makes it."""
-    from tabby.calc.nftables import desired_ruleset
+    from tabby.calc.node import desired_ruleset
     from tabby.snapshot import Snapshot
     nodes, namespaces, eps, policies = latency_state(n)
     snapshot = Snapshot.build(nodes=nodes, namespaces=namespaces, endpoints=eps,

@@ -6,12 +6,13 @@ namespaces, dual stack, 100 endpoints on this node) under 1k Kubernetes
 NetworkPolicies.
 
 Programming. That cluster held the agent's way (a StoreCache over a datastore,
-the NftController applying into a namespace of its own), timed from the cache
-holding the change to ``nft`` having applied it (snapshot, calculation,
-transaction): the full sync of a freshly started agent (a new process loading
-the datastore), the periodic full resync of a running one, then one policy
-changed and one pod added. The peer is iptables-nft handling a linear rule set
-of the same size (restore; append one rule).
+the node calculator's nftables half and the NftReconciler applying into a
+namespace of its own), timed from the cache holding the change to ``nft``
+having applied it (snapshot, calculation, transaction): the full sync of a
+freshly started agent (a new process loading the datastore), the periodic
+full resync of a running one, then one policy changed and one pod added.
+The peer is iptables-nft handling a linear rule set of the same size
+(restore; append one rule).
 
 Memory. The fresh process's RSS once it holds that state (cache, snapshot,
 applied ruleset), beside the same process with an empty datastore.
@@ -163,31 +164,33 @@ class Timing:
 @dataclass
 class Agent:
     """The part of the agent that programs policy: a cache over a datastore and the
-    nftables controller applying into ``netns_name``."""
+    calculator's nftables half applied into ``netns_name``."""
 
     store: Any
     netns_name: str
 
     def __post_init__(self) -> None:
         from tabby.agent.cache import StoreCache
-        from tabby.agent.nftables import NftController
+        from tabby.calc.node import NodeCalculator, NodeSettings
         from tabby.dataplane.nft import NftCommand, NftReconciler
         from tabby.store.client import Client
         self.client = Client(self.store)
         self.cache = StoreCache(self.store, NODE)
         self.reconciler = NftReconciler(NftCommand(prefix=("ip", "netns", "exec",
                                                            self.netns_name)))
-        self.controller = NftController(NODE, self.reconciler)
+        self.calculator = NodeCalculator(NodeSettings(NODE))
 
     def sync(self, *, full: bool) -> Timing:
         started = time.perf_counter()
         snapshot = self.cache.snapshot()
         built = time.perf_counter()
-        problems = self.controller.sync(snapshot, full=full)
+        from tabby.nft.model import merge
+        table = merge(self.calculator.nft_parts(snapshot, ()))  # the pass's nft half
+        result = self.reconciler.apply(table, full=full)
         took = time.perf_counter() - started
-        if problems:
-            raise BenchError(f"the nftables controller failed: {problems[0]}")
-        return Timing(took, built - started, self.controller.last_seconds)
+        if result.errors:
+            raise BenchError(f"the nftables reconciler failed: {result.errors[0]}")
+        return Timing(took, built - started, result.seconds)
 
     def write(self, obj: Any) -> None:
         """Store ``obj`` and hand it to the cache, as the agent's watch would."""

@@ -5,12 +5,12 @@ Two identical paths, each in namespaces of its own::
     tb-svc-<x>-cli  198.18.9<a>.2/24 ─veth─ tb-svc-<x>-rtr ─veth─ tb-svc-<x>-srv 198.18.9<b>.2
                                        (forwarding; the NAT)         (listener on 8080, 8081)
 
-``x`` = ``t``: tabby's ``inet tabby`` table from ``services_part`` (the agent's
-contributor, applied by the agent's reconciler); ``x`` = ``i``: a naive
-kube-proxy-style iptables ``nat`` table (iptables-restore, this machine's
-nft backend): one ``KUBE-SERVICES`` rule per service, matched in order. With N
-services present (the probed one last in both), a client opens a TCP
-connection to the ClusterIP, over and over (RST on close, so no TIME_WAIT);
+``x`` = ``t``: tabby's ``inet tabby`` table from ``ServiceRules`` (the services
+part of the agent's node calculator, applied by the agent's reconciler); ``x`` =
+``i``: a naive kube-proxy-style iptables ``nat`` table (iptables-restore, this
+machine's nft backend): one ``KUBE-SERVICES`` rule per service, matched in
+order. With N services present (the probed one last in both), a client opens a
+TCP connection to the ClusterIP, over and over (RST on close, so no TIME_WAIT);
 connect() time is one round trip whose first packet goes through the NAT
 lookup. Every (dataplane, scale) has its own path, programmed first and then
 measured in shuffled turns, the client at a real-time priority (``chrt -f``) so
@@ -21,7 +21,7 @@ kube-proxy's full layout (a KUBE-SVC chain per service, a KUBE-SEP chain per
 endpoint, statistic-mode random picks), without comments or masquerade rules.
 
 Programming time at 10k services x 2 endpoints: tabby's figure is the services
-feature's work in one agent pass (services_part + render + ``nft -f``; the
+feature's work in one agent pass (``ServiceRules.part`` + render + ``nft -f``; the
 Snapshot the agent builds once per pass for every feature is timed apart and
 given in the note), the peer's is ``iptables-restore`` alone (kube-proxy's own
 computation not counted; CPython's full garbage collections, ~150 ms with 10k
@@ -158,18 +158,18 @@ class Tabby:
 
     def __init__(self, rtr: str) -> None:
         from tabby.dataplane.nft import NftCommand, NftReconciler
+        from tabby.services.nft import ServiceRules
         self.reconciler = NftReconciler(NftCommand(prefix=("ip", "netns", "exec", rtr)))
-        self.node = f"bench-{time.monotonic_ns()}"  # a node name of its own: a cold cache
+        self.rules = ServiceRules("bench")  # its own: every Tabby starts with a cold cache
         self.snapshots: list[float] = []  # Snapshot.build, the agent's cost for every feature
 
     def sync(self, objs: Sequence[object], *, full: bool = False) -> float:
-        """Seconds for services_part + render + ``nft -f`` (the snapshot timed apart)."""
-        from tabby.services.nft import services_part
+        """Seconds for ServiceRules.part + render + ``nft -f`` (the snapshot timed apart)."""
         from tabby.snapshot import Snapshot
         started = time.perf_counter()
         snapshot = Snapshot.build(others=objs)  # type: ignore[arg-type]
         built = time.perf_counter()
-        result = self.reconciler.apply(services_part(snapshot, self.node), full=full)
+        result = self.reconciler.apply(self.rules.part(snapshot), full=full)
         took = time.perf_counter() - built
         self.snapshots.append(built - started)
         if result.errors:

@@ -22,14 +22,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from tabby.errors import TabbyError
-
-
-class SelectorError(TabbyError):
-    def __init__(self, text: str, pos: int, message: str) -> None:
-        self.text = text
-        self.pos = pos
-        super().__init__(f"selector {text!r}: {message} at position {pos}")
+from tabby.errors import SelectorError as SelectorError
 
 
 @dataclass(frozen=True, slots=True)

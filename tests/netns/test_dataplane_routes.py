@@ -10,10 +10,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from tabby.calc.node import node_sysctls
 from tabby.calc.routes import Route
 from tabby.dataplane.netlink import CallCounts, Netlink
 from tabby.dataplane.routes import RouteReconciler
-from tabby.dataplane.sysctls import SysctlReconciler, desired_node_sysctls
+from tabby.dataplane.sysctls import SysctlReconciler
 from tabby.marks import ROUTE_PROTOCOL
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
@@ -161,8 +162,8 @@ def test_route_changed_behind_our_back_is_restored(ns: str) -> None:
 
 def test_node_sysctls(ns: str) -> None:
     rec = SysctlReconciler(CallCounts(), netns=path(ns))
-    first = rec.apply(desired_node_sysctls())
+    first = rec.apply(node_sysctls())
     assert sorted(first.written) == ["net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"]
-    assert rec.apply(desired_node_sysctls()).written == []
+    assert rec.apply(node_sysctls()).written == []
     with Netlink.open(CallCounts(), path(ns)) as nl:
         assert nl.sysctl_get("net/ipv4/ip_forward") == "1"

@@ -202,11 +202,12 @@ def test_node_tunnel_fields_round_trip() -> None:
 
 
 def test_tunnel_packets_between_peers_skip_conntrack() -> None:
-    part = vxlan_nft_part(snap(V4, V6), "node-1")
+    part = vxlan_nft_part(desired_devices(snap(V4, V6), "node-1", 1500))
     assert part.sets["vxlan-peers-v4"].elements == {"198.18.0.12", "198.18.1.13"}
     assert part.sets["vxlan-peers-v6"].elements == {"fd7a:bb1e::12"}
     rules = {(h.base, h.rule.body) for h in part.hooks}
     assert ("raw-prerouting", "ip saddr @vxlan-peers-v4 udp dport 4789 notrack") in rules
     assert ("raw-output", "ip6 daddr @vxlan-peers-v6 udp dport 4789 notrack") in rules
     assert len(rules) == 4
-    assert vxlan_nft_part(snap(pool("p4", "198.19.0.0/16")), "node-1") == Ruleset()
+    assert vxlan_nft_part(desired_devices(snap(pool("p4", "198.19.0.0/16")), "node-1",
+                                          1500)) == Ruleset()

@@ -106,7 +106,7 @@ def test_add_renders_the_requested_version(launcher: Path, server: CNIServer,
     assert pod == {"name": "eth0", "mac": "0a:58:c6:13:00:01", "sandbox": NETNS,
                    **({"mtu": 1500} if version == "1.1.0" else {})}
     v4, v6 = result["ips"]
-    legacy = version in ("0.3.1", "0.4.0")
+    legacy = wire.version_tuple(version) < (1, 0, 0)
     assert v4 == {**({"version": "4"} if legacy else {}), "interface": 1,
                   "address": "198.19.0.1/32", "gateway": "169.254.1.1"}
     assert v6 == {**({"version": "6"} if legacy else {}), "interface": 1,

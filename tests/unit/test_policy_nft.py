@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from tabby.calc.nftables import contributors, desired_ruleset
+from tabby.calc.node import desired_ruleset
 from tabby.model import Resource, WorkloadEndpoint
 from tabby.nft.render import render_delta, render_full
 from tabby.policy import synthetic
-from tabby.policy.nftables import desired_policy, policy_chain_name, policy_contributor
+from tabby.policy.builder import policy_chain_name
+from tabby.policy.nftables import PolicyRules, desired_policy
 from tabby.policy.synthetic import from_yaml, pod_endpoint, snapshot_of
 from tabby.snapshot import Snapshot
 
@@ -42,8 +43,7 @@ def snap(*extra: Resource, docs: str = BASE) -> Snapshot:
     return snapshot_of([*from_yaml(docs), *extra])
 
 
-def test_the_contributor_is_registered() -> None:
-    assert policy_contributor in contributors()
+def test_policy_is_in_the_node_table() -> None:
     table = render_full(desired_ruleset(snap(web(1)), "node-1"))
     assert "add rule inet tabby filter-forward jump pol-fwd" in table
 
@@ -182,17 +182,12 @@ def _random_steps(seed: int, count: int) -> list[Snapshot]:
 
 
 def test_random_update_sequences_match_fresh_computations() -> None:
-    from tabby.policy.nftables import reset_caches
     steps = _random_steps(2, 150)
-    reset_caches()
-    incremental = [desired_policy(s, "node-1") for s in steps]
-    fresh = []
-    for s in steps:
-        reset_caches()
-        fresh.append(desired_policy(s, "node-1"))
+    rules = PolicyRules("node-1")  # one long-lived renderer, as the agent's calculator holds
+    incremental = [rules.part(s) for s in steps]
+    fresh = [desired_policy(s, "node-1") for s in steps]  # a new one every time
     for k, (a, b) in enumerate(zip(incremental, fresh, strict=True)):
         assert a == b, f"step {k}"
-    reset_caches()
 
 
 def nets_policy(cidrs: list[str]) -> str:
@@ -224,7 +219,6 @@ def test_random_sequences_reusing_objects_match_fresh_computations() -> None:
     """Unchanged objects kept (identity memos hit); namespace labels change now and then."""
     import random
 
-    from tabby.policy.nftables import reset_caches
     rnd = random.Random(7)
     parsed: dict[str, list[Resource]] = {}
     team = "a"
@@ -238,12 +232,10 @@ def test_random_sequences_reusing_objects_match_fresh_computations() -> None:
         key = repr([(type(o).__name__, o) for o in others]) + ns_doc
         objs = parsed.setdefault(key, [*others, *from_yaml(ns_doc)])
         steps.append(snapshot_of([*objs, *s.endpoints]))
-    reset_caches()
-    incremental = [desired_policy(s, "node-1") for s in steps]
+    rules = PolicyRules("node-1")
+    incremental = [rules.part(s) for s in steps]
     for k, s in enumerate(steps):
-        reset_caches()
         assert desired_policy(s, "node-1") == incremental[k], f"step {k}"
-    reset_caches()
 
 
 NS_POLICY = """

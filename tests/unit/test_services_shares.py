@@ -29,7 +29,7 @@ def endpoints(i: int, count: int, node: str) -> EndpointSlice:
 
 def test_replayed_updates_match_a_fresh_computation() -> None:
     rng = random.Random(7)
-    compute = functools.partial(nft._share, node="node-1")
+    compute = functools.partial(nft.service_share, node="node-1")
     cache = ShareCache(compute, buckets=4)
     state: dict[int, Inputs] = {}
     for _ in range(300):
@@ -50,7 +50,7 @@ def test_replayed_updates_match_a_fresh_computation() -> None:
 
 
 def test_one_bucket_is_a_plain_merge_with_the_first_winning() -> None:
-    compute = functools.partial(nft._share, node="node-1")
+    compute = functools.partial(nft.service_share, node="node-1")
     inputs = [(service(1, "198.18.150.1"), (endpoints(1, 1, "node-2"),)),
               (service(2, "198.18.150.1"), (endpoints(2, 2, "node-2"),))]
     one = ShareCache(compute, buckets=1).merged(inputs)

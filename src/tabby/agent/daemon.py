@@ -2,18 +2,24 @@
 
 ::
 
-    store --list/watch--> StoreCache --snapshot--> calc (desired routes, endpoint labels)
-                               ^                        |
-    CNI socket --> AgentPodHandler (ADD/DEL: wire,      v
-                   write endpoint, cache.put)   RouteReconciler, SysctlReconciler,
-                                                endpoint label updates
+    store --list/watch--> StoreCache --snapshot--> NodeCalculator --> DesiredState
+                           ^      ^                  (tabby.calc.node, pure)   |
+                           |      |                                            v
+                           |      NodePublisher: VTEPs, endpoint   NodeApplier: one reconciler
+                           |      labels (store writes, cache.put)  per kernel object (links,
+    CNI socket --> AgentPodHandler (ADD/DEL: wire,                  nft, BIRD, routes, sysctls)
+                   write endpoint, cache.put)
 
-The loop: list every kind, sync, then follow one watch of the whole store
-(from the listed revision + 1), folding bursts of events together (a short
-quiet period, bounded) before the next sync. ``Compacted`` or a store error
-means list again. A pass is also forced every ``resync_interval`` seconds (so
-a route removed behind the agent's back comes back) and, after a failed
-pass, retried with backoff. Passes hold the dataplane lock the CNI handler
+The loop: list every kind, then follow one watch of the whole store (from
+the listed revision + 1), folding bursts of events together (a short quiet
+period, bounded). Two steps run on their own triggers: the publisher (the
+node's writes to the store, ``tabby.agent.publisher``) after a relist, an
+event or a failed run of its own, and the pass (calculate, apply) after a
+relist, an event, a write of the publisher's, or a failed pass. The pass never
+writes to the store. ``Compacted`` or a store error means list again. A
+pass is also forced every ``resync_interval`` seconds (so a route removed
+behind the agent's back comes back) and, after a failed pass, retried with
+backoff. Passes hold the dataplane lock the CNI handler
 holds while it wires a pod.
 
 With the datastore unreachable the agent fails static: no pass runs, so the
@@ -34,25 +40,21 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
+from tabby.agent.apply import NodeApplier
 from tabby.agent.cache import StoreCache
 from tabby.agent.cniserver import CNIServer
-from tabby.agent.controllers import HasHealth, build_controllers
 from tabby.agent.handler import AgentPodHandler
 from tabby.agent.http import HealthServer
 from tabby.agent.metrics import AgentMetrics
-from tabby.calc.endpoints import endpoint_updates, refreshed_endpoint
-from tabby.calc.routes import desired_routes
+from tabby.agent.publisher import NodePublisher, Published
+from tabby.bgp.controller import BirdController
+from tabby.calc.node import NodeCalculator, NodeSettings
 from tabby.cni.wire import DEFAULT_SOCKET
 from tabby.dataplane.netlink import CallCounts
 from tabby.dataplane.pods import PodWirer
-from tabby.dataplane.routes import RouteReconciler
-from tabby.dataplane.sysctls import SysctlReconciler, SysctlSync, desired_node_sysctls
-from tabby.errors import Compacted, NotFound, TabbyError
-from tabby.model import Namespace, Pod, WorkloadEndpoint
-from tabby.snapshot import Snapshot
+from tabby.errors import Compacted, TabbyError
 from tabby.store.base import Event, Store, Watch
 from tabby.store.client import Client
 
@@ -83,17 +85,18 @@ class Agent:
         self.metrics = AgentMetrics(self.counts.snapshot)
         self.cache = StoreCache(store, config.node)
         self.lock = threading.Lock()  # the dataplane: passes vs CNI ADD/DEL
-        self.routes = RouteReconciler(self.counts)
-        self.sysctls = SysctlReconciler(self.counts)
+        self.calculator = NodeCalculator(NodeSettings(config.node, mtu=config.mtu,
+                                                      bgp=config.bgp == "bird"))
+        self.applier = NodeApplier(self.counts, bird=_bird(config))
+        self.publisher = NodePublisher(config.node, self.client, self.cache)
         self.handler = AgentPodHandler(
             node=config.node, client=self.client, cache=self.cache,
             wirer=PodWirer(self.counts), lock=self.lock, ready=self.is_ready, mtu=config.mtu)
-        self.controllers = build_controllers(config, self.counts, self.metrics, self.client)
         self._ready = threading.Event()
         self._stop = threading.Event()
         self.passes = 0
-        self._refreshed = False  # the last pass rewrote endpoints its calculation had not seen
         self._last_full = 0.0  # monotonic time of the last full (kernel read-back) pass
+        self._publish_full = True  # the next publisher run checks IPAM too
 
     # -- lifecycle -------------------------------------------------------------
     def is_ready(self) -> bool:
@@ -120,15 +123,12 @@ class Agent:
         finally:
             cni.close()
             http.close()
-            for controller in self.controllers:
-                controller.close()
+            self.applier.close()
             log.info("agent for node %s stopped; the dataplane is left as it is", self.node)
 
     def _health(self) -> tuple[bool, str]:
         if self._ready.is_set():
-            notes = [n for c in self.controllers if isinstance(c, HasHealth)
-                     for n in c.health_notes()]
-            return True, "\n".join(["ok", *notes])
+            return True, "\n".join(["ok", *self.applier.health_notes()])
         return False, "waiting for the first full sync with the datastore"
 
     # -- the loop ----------------------------------------------------------------
@@ -136,6 +136,8 @@ class Agent:
         watch: Watch | None = None
         backoff = 0.0
         next_pass = 0.0  # monotonic time a pass is due (0: now)
+        publish_backoff = 0.0
+        next_publish = 0.0  # monotonic time the publisher is due (inf: on the next event)
         failures = 0  # store attempts failed in a row (logged once it answers again)
         down_since = 0.0
         try:
@@ -143,22 +145,29 @@ class Agent:
                 try:
                     if watch is None:
                         watch = self._relist()
-                        next_pass = 0.0
+                        next_pass = next_publish = 0.0
                         if failures:
                             log.info("datastore answering again after %d failed attempts"
                                      " (%.1fs); listed afresh", failures,
                                      time.monotonic() - down_since)
                             failures = 0
+                    if time.monotonic() >= next_publish:
+                        published = self.publish()
+                        ok = not published.problems
+                        publish_backoff = 0.0 if ok else min(max(publish_backoff * 2, 0.5),
+                                                             self.config.max_backoff)
+                        next_publish = time.monotonic() + publish_backoff if not ok else _NEVER
+                        if published.wrote:  # in the cache already: the pass is due
+                            next_pass = time.monotonic()
                     if time.monotonic() >= next_pass:
                         ok = self.sync()
                         backoff = 0.0 if ok else min(max(backoff * 2, 0.5),
                                                      self.config.max_backoff)
                         next_pass = time.monotonic() + (backoff or self._resync_interval())
-                        if self._refreshed:  # our own endpoint writes come back as no event
-                            next_pass = time.monotonic()
-                    wait = max(0.0, min(0.5, next_pass - time.monotonic()))
+                    due = min(next_pass, next_publish)
+                    wait = max(0.0, min(0.5, due - time.monotonic()))
                     if self._follow(watch, wait):
-                        next_pass = min(next_pass, time.monotonic())
+                        next_pass = next_publish = min(next_pass, time.monotonic())
                 except Compacted:
                     log.warning("store history compacted under the watch; listing again")
                     _closed(watch)
@@ -214,26 +223,33 @@ class Agent:
         for event in events:
             self.metrics.store_events.inc(event.key.resource)
 
+    # -- the node's writes to the store ---------------------------------------------
+    def publish(self) -> Published:
+        """Run the publisher once (outside the dataplane lock: it waits on the store)."""
+        full, self._publish_full = self._publish_full, False
+        published = self.publisher.run(self.cache.snapshot(), full=full)
+        for problem in published.problems:
+            log.error("publishing: %s", problem)
+        if published.problems:
+            self._publish_full = True
+        self.metrics.endpoint_updates.inc(amount=published.endpoints)
+        return published
+
     # -- one pass ----------------------------------------------------------------
     def sync(self) -> bool:
-        """Compute and apply everything once; True if nothing failed."""
+        """Calculate and apply everything once; True if nothing failed."""
         started = time.monotonic()
         full = not self._last_full or started - self._last_full >= self._resync_interval()
         with self.lock:
             snapshot = self.cache.snapshot()
-            controlled = [f"{c.name}: {problem}" for c in self.controllers
-                          for problem in c.sync(snapshot, full=full)]
-            desired = desired_routes(snapshot, self.node, bgp=self.config.bgp == "bird")
-            result = self.routes.apply(desired, full=full)
+            state = self.calculator.calculate(snapshot)
+            applied = self.applier.apply(state, full=full)
         if full:
             self._last_full = started
-            sysctls = self.sysctls.apply(desired_node_sysctls())
-        else:
-            sysctls = SysctlSync()
-        refreshed = self._refresh_endpoints(snapshot)
-        self._refreshed = refreshed > 0
+            self._publish_full = True  # the publisher's periodic IPAM check rides along
         self.passes += 1
-        problems = result.errors + sysctls.errors + controlled
+        result, desired = applied.routes, state.routes
+        problems = applied.problems
         if problems:
             self._last_full = 0.0  # retry with a full pass
         for problem in problems:
@@ -247,7 +263,6 @@ class Agent:
         m.route_conflicts.set(len(result.conflicts))
         m.routes_unresolved.set(len(result.unresolved))
         m.endpoints.set(len(snapshot.local_endpoints(self.node)))
-        m.endpoint_updates.inc(amount=refreshed)
         m.syncs.inc("ok" if not problems else "error")
         m.sync_seconds.observe(time.monotonic() - started)
         if result.changes:
@@ -264,27 +279,14 @@ class Agent:
             gc.freeze()
         return not problems
 
-    def _refresh_endpoints(self, snapshot: Snapshot) -> int:
-        """Rewrite endpoints whose pod or namespace labels changed; returns how many."""
-        count = 0
-        for want in endpoint_updates(snapshot, self.node):
-            change = _refresher(snapshot.pod(want.meta.namespace, want.spec.pod),
-                                snapshot.namespace(want.meta.namespace))
-            try:
-                stored = self.client.mutate(WorkloadEndpoint, want.meta.name,
-                                            want.meta.namespace, change)
-            except NotFound:
-                continue  # deleted meanwhile
-            self.cache.put(stored)
-            count += 1
-        return count
+
+_NEVER = float("inf")
 
 
-def _refresher(pod: Pod | None, ns: Namespace | None
-               ) -> Callable[[WorkloadEndpoint], WorkloadEndpoint]:
-    def change(current: WorkloadEndpoint) -> WorkloadEndpoint:
-        return refreshed_endpoint(current, pod, ns)
-    return change
+def _bird(config: AgentConfig) -> BirdController | None:
+    if config.bgp != "bird":
+        return None
+    return BirdController.in_directory(config.node, config.bgp_dir)
 
 
 def _closed(watch: Watch | None) -> None:

@@ -4,5 +4,5 @@
     daemon.Bird(directory)                            check, swap, reload, start, supervise
     control.BirdControl(socket)                       BIRD's control protocol (birdc's)
     status.node_status(socket) -> NodeStatus          the sessions, for ``tabby node status``
-    controller.BirdController                         the agent's controller (``--bgp bird``)
+    controller.BirdController                         applies DesiredState.bird (``--bgp bird``)
 """

@@ -19,14 +19,10 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tabby.errors import TabbyError
+from tabby.errors import BirdError as BirdError
 
 _LINE = re.compile(r"^(\d{4})([ -])(.*)$")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-
-
-class BirdError(TabbyError):
-    """BIRD could not be asked (no socket, no answer) or refused a command."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,7 @@
-"""The agent's BIRD controller: bird.conf follows the store, BIRD follows bird.conf.
+"""The agent's BIRD reconciler: bird.conf follows the DesiredState, BIRD follows bird.conf.
 
-Each pass renders the node's bird.conf (``tabby.bgp.config``, pure) and, when
+Each pass renders the node's ``BirdConfig`` (``DesiredState.bird``, computed by
+``tabby.calc.bird``) as bird.conf text (``tabby.bgp.config.render``) and, when
 the text changed since the last one BIRD accepted (or on a full pass, when
 BIRD does not run that text), hands it to ``Bird.apply``: parse check, swap,
 ``configure`` (or start). Most passes change nothing BIRD sees (a pod in an
@@ -16,10 +17,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from tabby.bgp.config import render_bird_conf
+from tabby.bgp.config import render
 from tabby.bgp.daemon import Bird
-from tabby.errors import TabbyError
-from tabby.snapshot import Snapshot
+from tabby.calc.bird import BirdConfig
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +41,9 @@ class BirdController:
     def in_directory(cls, node: str, directory: Path | str) -> BirdController:
         return cls(node, Bird(directory))
 
-    def sync(self, snapshot: Snapshot, *, full: bool) -> list[str]:
-        try:
-            text = render_bird_conf(snapshot, self.node)
-        except TabbyError as exc:
-            return [f"bird.conf: {exc}"]
+    def apply(self, config: BirdConfig, *, full: bool) -> list[str]:
+        """Make BIRD run ``config``; the problems met (BIRD refused it, could not start)."""
+        text = render(config)
         if text == self.applied and (not full or self._runs(text)):
             return []
         self.problems = problems = self.bird.apply(text)

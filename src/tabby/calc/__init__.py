@@ -1,6 +1,6 @@
-"""Pure calculation: a store ``Snapshot`` and a node name in, desired state out. No I/O."""
+"""Pure calculation: a store ``Snapshot`` and a node name in, desired state out. No I/O.
 
-from tabby.calc.routes import Route, desired_routes
-from tabby.snapshot import Snapshot
-
-__all__ = ["Route", "Snapshot", "desired_routes"]
+``tabby.calc.node.NodeCalculator`` is the entry point: one ``DesiredState`` per
+pass. (Nothing is imported here, so that importing one calc module does not
+import every feature.)
+"""

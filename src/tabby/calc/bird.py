@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from tabby import selector
-from tabby.calc.routes import borrowed_addresses, live_blocks
+from tabby.calc.route import borrowed_addresses, live_blocks
 from tabby.model import BGPConfiguration, BGPPeer, IPPool, Node, Secret
 from tabby.model.bgpconfiguration import DEFAULT_AS, DEFAULT_NAME, DEFAULT_PORT, NODE_PREFIX
 from tabby.model.bgpfields import SECRET_NAMESPACE, Community, Password, password_problem

@@ -19,25 +19,25 @@ on every node, as in Calico.
 
 from __future__ import annotations
 
-from tabby.calc.nftables import contributor
 from tabby.model import IPPool
+from tabby.nft.expr import Jump, Masquerade, Match, SetRef, daddr, saddr
 from tabby.nft.model import Chain, HookEntry, NftSet, Rule, Ruleset
 from tabby.snapshot import Snapshot
 
 CHAIN = "natout-post"
 ORDER = 500  # after other features' source NAT (services' hairpin masquerade, ...)
 COMMENT = "natOutgoing"
-_MATCH = {4: ("ip", "ipv4_addr"), 6: ("ip6", "ipv6_addr")}
+_ADDR = {4: "ipv4_addr", 6: "ipv6_addr"}
 
 __all__ = ["CHAIN", "natoutgoing_part"]
 
 
-@contributor
 def natoutgoing_part(snapshot: Snapshot, node: str) -> Ruleset:
+    """natOutgoing's part of ``node``'s table (the same on every node)."""
     pools = snapshot.of(IPPool)
     sets: list[NftSet] = []
     rules: list[Rule] = []
-    for version, (match, addr_type) in _MATCH.items():
+    for version, addr_type in _ADDR.items():
         family = [p for p in pools if p.version == version]
         masq = frozenset(str(p.spec.cidr) for p in family if p.spec.nat_outgoing)
         if not masq:
@@ -46,9 +46,11 @@ def natoutgoing_part(snapshot: Snapshot, node: str) -> Ruleset:
         sets += [NftSet(masq_set, addr_type, masq, ("interval",), "pools with natOutgoing"),
                  NftSet(all_set, addr_type, frozenset(str(p.spec.cidr) for p in family),
                         ("interval",), "every pool")]
-        rules.append(Rule(f"{match} saddr @{masq_set} {match} daddr != @{all_set}"
-                          " masquerade fully-random", COMMENT))
+        rules.append(Rule.of(Match(saddr(version), SetRef(masq_set)),
+                             Match(daddr(version), SetRef(all_set), negate=True),
+                             Masquerade(fully_random=True), comment=COMMENT))
     if not rules:
         return Ruleset()
+    jump = Rule.of(Jump(CHAIN), comment=COMMENT)
     return Ruleset.of(chains=[Chain(CHAIN, tuple(rules))], sets=sets,
-                      hooks=[HookEntry("nat-postrouting", ORDER, Rule(f"jump {CHAIN}", COMMENT))])
+                      hooks=[HookEntry("nat-postrouting", ORDER, jump)])

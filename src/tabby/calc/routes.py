@@ -32,49 +32,26 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Literal
 
-from tabby.model import IPAMBlock
+from tabby.calc.route import (
+    IPAddress,
+    IPNetwork,
+    Route,
+    borrowed_addresses,
+    live_blocks,
+    route_sort_key,
+)
+from tabby.calc.vxlan import tunnel_routes
 from tabby.snapshot import Snapshot
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-RouteType = Literal["unicast", "blackhole"]
 
 __all__ = ["Route", "borrowed_addresses", "borrowed_routes", "desired_routes", "endpoint_routes",
            "live_blocks", "local_block_routes", "remote_block_routes", "remote_routes",
            "route_sort_key"]
 
 
-@dataclass(frozen=True, slots=True)
-class Route:
-    """One main-table route tabby owns: blackhole, via a gateway, or via a device."""
-
-    dst: IPNetwork
-    type: RouteType = "unicast"
-    gateway: IPAddress | None = None
-    dev: str | None = None
-    onlink: bool = False  # the gateway is reachable on dev without a covering route (VXLAN)
-
-    def __str__(self) -> str:
-        if self.type == "blackhole":
-            return f"blackhole {self.dst}"
-        via = f" via {self.gateway}" if self.gateway is not None else ""
-        dev = f" dev {self.dev}" if self.dev else ""
-        return f"{self.dst}{via}{dev}{' onlink' if self.onlink else ''}"
-
-
-def route_sort_key(route: Route) -> tuple[int, int, int, str]:
-    """Stable order for routes of both families (ipaddress types do not compare across)."""
-    return (route.dst.version, int(route.dst.network_address), route.dst.prefixlen, str(route))
-
-
 def desired_routes(snapshot: Snapshot, node: str, *, bgp: bool = False) -> frozenset[Route]:
     """With ``bgp``, BIRD learns the remote routes (proto bird) and ``remote_routes`` is
     left out; local endpoints, local blackholes and tunnel routes stay the agent's."""
-    from tabby.calc.vxlan import tunnel_routes  # builds on this module
-
     by_dst: dict[IPNetwork, Route] = {}
     tunnels = tunnel_routes(snapshot, node)
     plain = [] if bgp else [r for r in remote_routes(snapshot, node)
@@ -136,22 +113,6 @@ def borrowed_routes(snapshot: Snapshot, node: str,
             if gateway is not None:
                 routes.append(Route(ipaddress.ip_network(address), "unicast", gateway))
     return routes
-
-
-def borrowed_addresses(block: IPAMBlock) -> list[tuple[IPAddress, str]]:
-    """(address, holding node) for allocations whose node is not the block's owner."""
-    spec = block.spec
-    owner = block.node
-    holders = [dict(attr.secondary).get("node") for attr in spec.attributes]
-    foreign = {i: h for i, h in enumerate(holders) if h and h != owner}
-    if not foreign:  # the usual case: every allocation is the owner's
-        return []
-    return [(spec.cidr[ordinal], foreign[index])
-            for ordinal, index in enumerate(spec.allocations) if index in foreign]
-
-
-def live_blocks(snapshot: Snapshot) -> list[IPAMBlock]:
-    return [b for b in snapshot.blocks if not b.spec.deleted]
 
 
 def _node_addresses(snapshot: Snapshot) -> dict[tuple[str, int], IPAddress]:

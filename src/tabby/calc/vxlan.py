@@ -44,8 +44,7 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from tabby.calc.nftables import contributor
-from tabby.calc.routes import Route, borrowed_addresses, live_blocks
+from tabby.calc.route import Route, borrowed_addresses, live_blocks
 from tabby.marks import VXLAN_DEVICES, tunnel_handle
 from tabby.model import IPPool, Node
 from tabby.nft.model import HookEntry, NftSet, Rule, Ruleset
@@ -270,11 +269,11 @@ def _route(dst: IPNetwork, pool: IPPool, local: Node | None, remote: Node | None
 
 # -- nftables ----------------------------------------------------------------
 
-@contributor
-def vxlan_nft_part(snapshot: Snapshot, node: str) -> Ruleset:
-    """No conntrack for the tunnel packets between this node and its VXLAN peers."""
+def vxlan_nft_part(devices: Iterable[VxlanDevice]) -> Ruleset:
+    """No conntrack for the tunnel packets between this node and its VXLAN peers
+    (``devices``: the node's, from ``desired_devices``)."""
     sets, hooks = [], []
-    for device in desired_devices(snapshot, node, 1500):
+    for device in devices:
         peers = frozenset(str(e.dst) for e in device.fdb)
         if not peers:
             continue

@@ -4,7 +4,8 @@
 the framing and the JSON shape); the agent's CNI server decodes it into a
 :class:`CNIRequest`, calls its pod handler, and answers with a
 :class:`~tabby.cni.results.PodResult` rendered in the request's cniVersion,
-or with a :class:`CNIError`. Standard library only (plus tabby's error tree).
+or with a :class:`~tabby.errors.CNIError` (defined in tabby's error tree,
+re-exported here). Standard library only, plus tabby's error tree.
 
     CNIRequest.from_wire(frame)  -- validated; CNIError(6/7/1) otherwise
     PodResult(...).render("0.4.0") / PodResult.from_dict(prev_result)
@@ -24,52 +25,18 @@ from tabby.cni.wire import (
     DEFAULT_SOCKET,
     LATEST_VERSION,
     SUPPORTED_VERSIONS,
+    VALID_ATTACHMENTS_KEYS,
     FrameError,
     recv_frame,
     send_frame,
 )
-from tabby.errors import TabbyError
+from tabby.errors import CNIError
 
 __all__ = [
-    "COMMANDS", "DEFAULT_SOCKET", "DNS", "LATEST_VERSION", "SUPPORTED_VERSIONS", "CNIError",
-    "CNIRequest", "FrameError", "IPConfig", "Interface", "PodResult", "Route", "recv_frame",
-    "send_frame",
+    "COMMANDS", "DEFAULT_SOCKET", "DNS", "LATEST_VERSION", "SUPPORTED_VERSIONS",
+    "VALID_ATTACHMENTS_KEYS", "CNIError", "CNIRequest", "FrameError", "IPConfig", "Interface",
+    "PodResult", "Route", "recv_frame", "send_frame",
 ]
-
-# The keys under which libcni passes GC's still-valid attachments (it sends both:
-# the spec's name and the one an earlier draft used).
-VALID_ATTACHMENTS_KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")
-
-
-class CNIError(TabbyError):
-    """A failure the runtime sees as a CNI error object (``code`` per the spec's table).
-
-    Codes: 1 incompatible version, 2 unsupported field, 3 unknown container,
-    4 invalid environment, 5 I/O, 6 decoding, 7 invalid network config,
-    11 try again later, 50/51 plugin not available (STATUS), 100 IPAM
-    failure (tabby's), 999 internal. See the ``ERR_*`` names in wire.py.
-    """
-
-    def __init__(self, code: int, msg: str, details: str = "") -> None:
-        super().__init__(f"{msg}: {details}" if details else msg)
-        self.code = code
-        self.msg = msg
-        self.details = details
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"code": self.code, "msg": self.msg, "details": self.details}
-
-    def to_dict(self, cni_version: str) -> dict[str, Any]:
-        """The error object a plugin prints (spec: ``Error`` section)."""
-        return {"cniVersion": cni_version, **self.to_wire()}
-
-    @classmethod
-    def from_dict(cls, obj: Mapping[str, Any]) -> CNIError:
-        """From an error object a plugin printed (or our wire form)."""
-        code, msg, details = obj.get("code"), obj.get("msg"), obj.get("details", "")
-        if not isinstance(code, int) or isinstance(code, bool) or not isinstance(msg, str):
-            raise CNIError(wire.ERR_DECODING, "not a CNI error object", repr(dict(obj))[:300])
-        return cls(code, msg, details if isinstance(details, str) else str(details))
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,8 +17,9 @@ stdin, the way containerd/libcni does:
 
 Plugins run in the caller's network namespace unless ``exec_prefix`` wraps
 them, e.g. ``netns_exec("tc-node")`` -> ``ip netns exec tc-node PLUGIN``.
-Failures raise :class:`PluginFailed` (a CNIError naming the plugin); nothing
-is rolled back after a failed ADD: call DEL, as runtimes do.
+Failures raise :class:`~tabby.errors.PluginFailed` (a CNIError naming the
+plugin, re-exported here); nothing is rolled back after a failed ADD: call
+DEL, as runtimes do.
 """
 
 from __future__ import annotations
@@ -32,27 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from tabby.cni import wire
-from tabby.cni.protocol import VALID_ATTACHMENTS_KEYS, CNIError
-from tabby.errors import ConfigError
+from tabby.cni.wire import VALID_ATTACHMENTS_KEYS
+from tabby.errors import CNIError, ConfigError, PluginFailed
 
 __all__ = ["ConfList", "Invocation", "PluginFailed", "Runtime", "exec_plugin", "find_plugin",
            "format_cni_args", "netns_exec"]
 
 DEFAULT_TIMEOUT = 60.0
-
-
-class PluginFailed(CNIError):
-    """A plugin exited non-zero (or printed something that is not JSON)."""
-
-    def __init__(self, plugin: str, command: str, code: int, msg: str, details: str = "",
-                 stderr: str = "") -> None:
-        super().__init__(code, msg, details)
-        self.plugin, self.command, self.stderr = plugin, command, stderr
-
-    def __str__(self) -> str:
-        where = f"{self.plugin} {self.command}"
-        details = f" ({self.details})" if self.details else ""
-        return f"{where}: CNI error {self.code}: {self.msg}{details}"
 
 
 @dataclass(frozen=True, slots=True)

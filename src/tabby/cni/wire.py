@@ -1,14 +1,15 @@
 """What travels between ``tabby-cni`` and the node agent, kept start-up cheap.
 
 ``tabby-cni`` is executed once per CNI operation, so every millisecond of
-interpreter start-up is paid on every pod. This module is the only tabby
-module the plugin imports, and it imports nothing heavier than ``_json`` and
-``_socket`` (the C halves of :mod:`json` and :mod:`socket`). The Python halves
-pull in ``re`` and ``enum`` and double the plugin's start-up (measured here,
-medians: bare ``python3 -I -S -c pass`` 8.2 ms, the same importing json and
-socket 20.1 ms, tabby-cni answering VERSION 10.7 ms).
-Where the C halves are missing or change shape, the stdlib modules are used
-instead, with the same results.
+interpreter start-up is paid on every pod. The plugin imports only this
+module, :mod:`tabby.cni.frontend` and :mod:`tabby.errors`, and none of them
+imports anything heavier than ``_json`` and ``_socket`` (the C halves of
+:mod:`json` and :mod:`socket`). The Python halves pull in ``re`` and
+``enum`` and double the plugin's start-up (measured here, medians: bare
+``python3 -I -S -c pass`` 8.2 ms, the same importing json and socket
+20.1 ms, tabby-cni answering VERSION 10.7 ms). Where the C halves are
+missing or change shape, the stdlib modules are used instead, with the same
+results.
 
 Wire format: one request frame from the plugin, one response frame from the
 agent, then the connection closes. A frame is a 4-byte big-endian length and
@@ -22,6 +23,22 @@ that many bytes of UTF-8 JSON::
 
 from __future__ import annotations
 
+# The CNI error codes and FrameError live in tabby.errors (cheap to import); the
+# plugin and the agent know them as wire.ERR_* and wire.FrameError.
+from tabby.errors import ERR_DECODING as ERR_DECODING
+from tabby.errors import ERR_INCOMPATIBLE_VERSION as ERR_INCOMPATIBLE_VERSION
+from tabby.errors import ERR_INTERNAL as ERR_INTERNAL
+from tabby.errors import ERR_INVALID_CONFIG as ERR_INVALID_CONFIG
+from tabby.errors import ERR_INVALID_ENVIRONMENT as ERR_INVALID_ENVIRONMENT
+from tabby.errors import ERR_IO as ERR_IO
+from tabby.errors import ERR_IPAM as ERR_IPAM
+from tabby.errors import ERR_NOT_AVAILABLE as ERR_NOT_AVAILABLE
+from tabby.errors import ERR_NOT_AVAILABLE_LIMITED as ERR_NOT_AVAILABLE_LIMITED
+from tabby.errors import ERR_TRY_AGAIN_LATER as ERR_TRY_AGAIN_LATER
+from tabby.errors import ERR_UNKNOWN_CONTAINER as ERR_UNKNOWN_CONTAINER
+from tabby.errors import ERR_UNSUPPORTED_FIELD as ERR_UNSUPPORTED_FIELD
+from tabby.errors import FrameError as FrameError
+
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs the plugin ~3 ms
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -31,35 +48,22 @@ if TYPE_CHECKING:
         def sendall(self, data: bytes, /) -> None: ...
         def recv(self, bufsize: int, /) -> bytes: ...
 
-SUPPORTED_VERSIONS: tuple[str, ...] = ("0.3.1", "0.4.0", "1.0.0", "1.1.0")
+# The spec versions both plugins (and the agent) speak: every version since the
+# result format of 0.3.0 (0.1.0 and 0.2.0 had another one, which tabby never wrote).
+SUPPORTED_VERSIONS: tuple[str, ...] = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 LATEST_VERSION = "1.1.0"
 DEFAULT_SOCKET = "/var/run/tabby/cni.sock"
 DEFAULT_TIMEOUT = 60.0  # seconds the plugin waits for the agent's answer
 MAX_FRAME = 16 * 1024 * 1024
 
-# Well-known CNI error codes (spec 1.1, "Error" section); 100+ are tabby's own.
-ERR_INCOMPATIBLE_VERSION = 1
-ERR_UNSUPPORTED_FIELD = 2
-ERR_UNKNOWN_CONTAINER = 3
-ERR_INVALID_ENVIRONMENT = 4
-ERR_IO = 5
-ERR_DECODING = 6
-ERR_INVALID_CONFIG = 7
-ERR_TRY_AGAIN_LATER = 11
-ERR_NOT_AVAILABLE = 50
-ERR_NOT_AVAILABLE_LIMITED = 51
-ERR_IPAM = 100  # tabby: address management failed (pool exhausted, no usable pool)
-ERR_INTERNAL = 999
-
 # Commands and the first spec version that has them.
 COMMANDS: dict[str, str] = {
-    "ADD": "0.3.1", "DEL": "0.3.1", "CHECK": "0.4.0", "STATUS": "1.1.0", "GC": "1.1.0",
+    "ADD": "0.3.0", "DEL": "0.3.0", "CHECK": "0.4.0", "STATUS": "1.1.0", "GC": "1.1.0",
 }
+# The keys under which libcni passes GC's still-valid attachments (it sends both:
+# the spec's name and the one an earlier draft used).
+VALID_ATTACHMENTS_KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")
 _WS = " \t\n\r"
-
-
-class FrameError(Exception):
-    """A frame was truncated, oversized or not a JSON object."""
 
 
 def version_tuple(version: str) -> tuple[int, ...]:

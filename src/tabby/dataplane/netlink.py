@@ -25,6 +25,11 @@ Threads. pyroute2 (0.9) keeps its socket and event loop per thread, so a
 (``with Netlink.open(...) as nl:``; about a millisecond) rather than sharing.
 
 Every call is counted in a ``CallCounts`` (shared, thread-safe) for metrics.
+
+Seams. The reconcilers do not open sockets themselves: each takes an
+``Opener`` (``opener(counts)`` by default) and names the calls it makes in a
+small Protocol, so ``tabby.testing.fakes.FakeNetlink`` (an in-memory kernel
+answering like this adapter, errnos included) can stand in for it without root.
 """
 
 from __future__ import annotations
@@ -36,15 +41,20 @@ import ipaddress
 import os
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError as _PyrouteNetlinkError
 
-from tabby.errors import DataplaneError
+from tabby.errors import NetlinkError
+
+__all__ = ["MAIN_TABLE", "RT_SCOPE_LINK", "RT_SCOPE_UNIVERSE", "CallCounts", "IPAddress",
+           "IPInterface", "IPNetwork", "KernelRoute", "Link", "Neigh", "Netlink", "NetlinkError",
+           "Opener", "VxlanInfo", "entered_netns", "link_kind_supported", "opener"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -65,12 +75,13 @@ _CLONE_NEWNET = 0x40000000
 _FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
 
 
-class NetlinkError(DataplaneError):
-    """The kernel refused a netlink request; ``code`` is the errno."""
+H = TypeVar("H")
 
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
+# How a reconciler gets its kernel access: ``opener(netns)`` (None: the calling thread's
+# namespace) returns a handle to use in a ``with`` block. Each reconciler names the calls
+# it makes in a Protocol H of its own; ``opener(counts)`` is the real one,
+# ``tabby.testing.fakes.FakeNetlink.open`` an in-memory one.
+Opener = Callable[[str | None], AbstractContextManager[H]]
 
 
 # -- values ------------------------------------------------------------------
@@ -476,6 +487,15 @@ class Netlink:
             raise NetlinkError(f"sysctl {key}{where}: {exc.strerror}", exc.errno or 0) from exc
         self._counts.add(op)
         return result
+
+
+def opener(counts: CallCounts) -> Callable[[str | None], Netlink]:
+    """The real ``Opener``: a ``Netlink`` in the given namespace, counted in ``counts``."""
+
+    def open_netlink(netns: str | None) -> Netlink:
+        return Netlink.open(counts, netns)
+
+    return open_netlink
 
 
 def link_kind_supported(kind: str, counts: CallCounts | None = None) -> bool:

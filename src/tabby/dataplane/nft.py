@@ -14,7 +14,8 @@ pass nor an agent restart forgets it.
 
 The ``NftRunner`` seam runs a script (and reads the table back as JSON);
 ``NftCommand`` is the real one (the ``nft`` binary in the caller's network
-namespace).
+namespace); ``tabby.testing.fakes.FakeNft`` an in-memory one. The time a pass
+took is read from the ``clock`` seam (``time.monotonic`` by default).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -90,12 +92,14 @@ class NftResult:
 
 
 class NftReconciler:
-    def __init__(self, runner: NftRunner | None = None) -> None:
+    def __init__(self, runner: NftRunner | None = None, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.runner = runner or NftCommand()
         self.applied: Ruleset | None = None
+        self._clock = clock
 
     def apply(self, desired: Ruleset, *, full: bool = False) -> NftResult:
-        started = time.monotonic()
+        started = self._clock()
         mode = "full" if full or self.applied is None else "delta"
         script = ""
         if mode == "delta":
@@ -107,14 +111,14 @@ class NftReconciler:
         if mode == "full":
             script = render_full(desired) + self._kept(desired)
         if not script:
-            return NftResult("none", 0, time.monotonic() - started)
+            return NftResult("none", 0, self._clock() - started)
         try:
             self.runner.run(script)
         except DataplaneError as exc:
             self.applied = None  # the next pass replaces the whole table
-            return NftResult(mode, script.count("\n"), time.monotonic() - started, (str(exc),))
+            return NftResult(mode, script.count("\n"), self._clock() - started, (str(exc),))
         self.applied = desired
-        return NftResult(mode, script.count("\n"), time.monotonic() - started)
+        return NftResult(mode, script.count("\n"), self._clock() - started)
 
     def _kept(self, desired: Ruleset) -> str:
         """``add element`` lines giving back what the kernel holds in ``desired``'s

@@ -15,6 +15,10 @@ number, so the route reconciler adopts them instead of fighting them.
 ``PodWirer.wire`` is idempotent (an existing, intact pair is reused and its
 addresses brought in line), ``unwire`` tolerates anything already gone, and
 ``inspect`` lists what is off, for CNI CHECK.
+
+Kernel access goes through the ``netlink`` opener (``PodNetlink`` names the
+calls made on the node's and the pod's handles) and ``netns_exists`` (is the
+pod's namespace still there); tests pass ``tabby.testing.fakes.FakeNetlink``'s.
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ import errno
 import hashlib
 import ipaddress
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
-from tabby.dataplane.netlink import CallCounts, Link, Netlink, NetlinkError
-from tabby.errors import DataplaneError
+from tabby.dataplane.netlink import CallCounts, KernelRoute, Link, Opener, opener
+from tabby.errors import DataplaneError, NetlinkError
 from tabby.marks import HOST_MAC, HOST_VETH, ROUTE_PROTOCOL, VETH_PREFIX
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -50,6 +56,38 @@ def gateway_for(version: int) -> IPAddress:
     return GATEWAY_V4 if version == 4 else GATEWAY_V6
 
 
+class PodNetlink(Protocol):
+    """The kernel calls wiring and checking a pod make, on the node's and the pod's side."""
+
+    def links(self) -> list[Link]: ...
+
+    def link(self, name: str) -> Link | None: ...
+
+    def add_veth(self, name: str, peer_name: str, peer_netns: str, *, mac: str | None = None,
+                 mtu: int | None = None) -> Link: ...
+
+    def set_link(self, name: str, *, up: bool | None = None, mtu: int | None = None,
+                 mac: str | None = None) -> None: ...
+
+    def delete_link(self, name: str) -> bool: ...
+
+    def addresses(self, name: str) -> list[IPInterface]: ...
+
+    def add_address(self, name: str, address: IPInterface, *, nodad: bool = False) -> None: ...
+
+    def delete_address(self, name: str, address: IPInterface) -> bool: ...
+
+    def routes(self, version: int, protocol: int | None = None) -> list[KernelRoute]: ...
+
+    def replace_route(self, dst: IPNetwork, *, protocol: int, type: str = "unicast",
+                      gateway: IPAddress | None = None, dev: str | None = None,
+                      onlink: bool = False, scope_link: bool = False) -> None: ...
+
+    def sysctl_get(self, key: str) -> str: ...
+
+    def sysctl_set(self, key: str, value: str) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class PodWiring:
     """What one pod interface should look like."""
@@ -71,15 +109,18 @@ class WiredPod:
 
 
 class PodWirer:
-    def __init__(self, counts: CallCounts, protocol: int = ROUTE_PROTOCOL) -> None:
-        self._counts = counts
+    def __init__(self, counts: CallCounts, protocol: int = ROUTE_PROTOCOL, *,
+                 netlink: Opener[PodNetlink] | None = None,
+                 netns_exists: Callable[[str], bool] = os.path.exists) -> None:
+        self._open = netlink if netlink is not None else opener(counts)
+        self._netns_exists = netns_exists
         self.protocol = protocol
 
     # -- ADD -----------------------------------------------------------------
     def wire(self, w: PodWiring) -> WiredPod:
-        if not os.path.exists(w.netns):
+        if not self._netns_exists(w.netns):
             raise DataplaneError(f"pod network namespace {w.netns} does not exist")
-        with Netlink.open(self._counts) as node, Netlink.open(self._counts, w.netns) as pod:
+        with self._open(None) as node, self._open(w.netns) as pod:
             host = self._existing_pair(node, pod, w)
             if host is None:
                 host = node.add_veth(w.host_veth, w.ifname, w.netns, mac=HOST_MAC, mtu=w.mtu)
@@ -89,7 +130,7 @@ class PodWirer:
             host = node.link(w.host_veth) or host
         return WiredPod(w.host_veth, host.mac, w.ifname, pod_link.mac, pod_link.index)
 
-    def _existing_pair(self, node: Netlink, pod: Netlink, w: PodWiring) -> Link | None:
+    def _existing_pair(self, node: PodNetlink, pod: PodNetlink, w: PodWiring) -> Link | None:
         """The host veth if it and the pod interface are each other's peers; else clear the way."""
         host = node.link(w.host_veth)
         inside = pod.link(w.ifname)
@@ -105,7 +146,7 @@ class PodWirer:
                 f" remove it or pick another CNI_IFNAME")
         return None
 
-    def _host_side(self, node: Netlink, w: PodWiring) -> None:
+    def _host_side(self, node: PodNetlink, w: PodWiring) -> None:
         name = w.host_veth
         for key, value in (
                 (f"net/ipv6/conf/{name}/accept_dad", "0"),  # before up: link-local at once
@@ -115,7 +156,7 @@ class PodWirer:
             _sysctl_if_present(node, key, value)
         node.set_link(name, mac=HOST_MAC, mtu=w.mtu, up=True)
 
-    def _pod_side(self, pod: Netlink, w: PodWiring) -> Link:
+    def _pod_side(self, pod: PodNetlink, w: PodWiring) -> Link:
         _sysctl_if_present(pod, f"net/ipv6/conf/{w.ifname}/accept_dad", "0")
         pod.set_link("lo", up=True)
         pod.set_link(w.ifname, mtu=w.mtu, up=True)
@@ -139,7 +180,7 @@ class PodWirer:
             raise DataplaneError(f"{w.ifname} vanished from {w.netns} while wiring it")
         return link
 
-    def _host_routes(self, node: Netlink, w: PodWiring) -> None:
+    def _host_routes(self, node: PodNetlink, w: PodWiring) -> None:
         for address in w.addresses:
             node.replace_route(ipaddress.ip_network(address.ip), protocol=self.protocol,
                                dev=w.host_veth, scope_link=address.version == 4)
@@ -147,12 +188,12 @@ class PodWirer:
     # -- DEL -----------------------------------------------------------------
     def unwire(self, host_veth: str) -> bool:
         """Delete the pair (the kernel drops its routes with it); False if it was gone."""
-        with Netlink.open(self._counts) as node:
+        with self._open(None) as node:
             return node.delete_link(host_veth)
 
     def host_veths(self) -> list[str]:
         """Names of tabby's pod veths on this node (GC's inventory)."""
-        with Netlink.open(self._counts) as node:
+        with self._open(None) as node:
             return sorted(link.name for link in node.links()
                           if link.kind == "veth" and _HOST_VETH.match(link.name))
 
@@ -160,15 +201,15 @@ class PodWirer:
     def inspect(self, w: PodWiring) -> list[str]:
         """What differs from ``w``, one line per problem; [] when all is in place."""
         problems: list[str] = []
-        with Netlink.open(self._counts) as node:
+        with self._open(None) as node:
             problems += self._inspect_host(node, w)
-        if not os.path.exists(w.netns):
+        if not self._netns_exists(w.netns):
             return [*problems, f"pod network namespace {w.netns} is gone"]
-        with Netlink.open(self._counts, w.netns) as pod:
+        with self._open(w.netns) as pod:
             problems += self._inspect_pod(pod, w)
         return problems
 
-    def _inspect_host(self, node: Netlink, w: PodWiring) -> list[str]:
+    def _inspect_host(self, node: PodNetlink, w: PodWiring) -> list[str]:
         host = node.link(w.host_veth)
         if host is None:
             return [f"host interface {w.host_veth} is missing"]
@@ -186,7 +227,7 @@ class PodWirer:
                 problems.append(f"host route {dst} dev {w.host_veth} is missing")
         return problems
 
-    def _inspect_pod(self, pod: Netlink, w: PodWiring) -> list[str]:
+    def _inspect_pod(self, pod: PodNetlink, w: PodWiring) -> list[str]:
         link = pod.link(w.ifname)
         if link is None:
             return [f"{w.ifname} is missing in {w.netns}"]
@@ -210,12 +251,12 @@ class PodWirer:
         return problems
 
 
-def _route_view(nl: Netlink, index: int) -> set[tuple[IPNetwork, IPAddress | None]]:
+def _route_view(nl: PodNetlink, index: int) -> set[tuple[IPNetwork, IPAddress | None]]:
     return {(r.dst, r.gateway) for version in (4, 6) for r in nl.routes(version)
             if r.oif == index and r.type == "unicast"}
 
 
-def _sysctl_if_present(nl: Netlink, key: str, value: str) -> None:
+def _sysctl_if_present(nl: PodNetlink, key: str, value: str) -> None:
     try:
         nl.sysctl_set(key, value)
     except NetlinkError as exc:
@@ -223,7 +264,7 @@ def _sysctl_if_present(nl: Netlink, key: str, value: str) -> None:
             raise
 
 
-def _sysctl_or_none(nl: Netlink, key: str) -> str | None:
+def _sysctl_or_none(nl: PodNetlink, key: str) -> str | None:
     try:
         return nl.sysctl_get(key)
     except NetlinkError as exc:

@@ -24,6 +24,9 @@ Ownership is marked by the route protocol number ``ROUTE_PROTOCOL``:
 A desired route through a device that does not exist (yet) is skipped and
 counted as unresolved, not treated as an error: the pod's veth may be on its
 way, and retrying cannot help until it is.
+
+Kernel access goes through the ``netlink`` opener (``RouteNetlink`` names the
+four calls a pass makes); tests hand in ``tabby.testing.fakes.FakeNetlink.open``.
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from tabby.calc.routes import Route, route_sort_key
-from tabby.dataplane.netlink import CallCounts, KernelRoute, Netlink, NetlinkError
+from tabby.dataplane.netlink import CallCounts, IPAddress, KernelRoute, Link, Opener, opener
+from tabby.errors import NetlinkError
 from tabby.marks import ROUTE_PROTOCOL
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -44,6 +49,20 @@ Unassigned in iproute2's ``rt_protos`` (kernel 0-4, zebra 11, bird 12, bgp 186,
 ...) and distinct from BIRD's 12 and from Calico's Felix (80), so tabby's routes
 can be told apart from the kernel's, BIRD's and a neighbouring Calico's.
 """
+
+
+class RouteNetlink(Protocol):
+    """The kernel calls a route pass makes (``tabby.dataplane.netlink.Netlink`` has them)."""
+
+    def routes(self, version: int, protocol: int | None = None) -> list[KernelRoute]: ...
+
+    def links(self) -> list[Link]: ...
+
+    def replace_route(self, dst: IPNetwork, *, protocol: int, type: str = "unicast",
+                      gateway: IPAddress | None = None, dev: str | None = None,
+                      onlink: bool = False, scope_link: bool = False) -> None: ...
+
+    def delete_route(self, route: KernelRoute) -> bool: ...
 
 
 @dataclass(slots=True)
@@ -74,8 +93,9 @@ class _Table:
 
 class RouteReconciler:
     def __init__(self, counts: CallCounts, protocol: int = ROUTE_PROTOCOL,
-                 netns: str | None = None) -> None:
-        self._counts = counts
+                 netns: str | None = None, *,
+                 netlink: Opener[RouteNetlink] | None = None) -> None:
+        self._open = netlink if netlink is not None else opener(counts)
         self.protocol = protocol
         self._netns = netns
         self.synced = False  # a pass completed without error: leftovers may go
@@ -87,7 +107,7 @@ class RouteReconciler:
             result.unchanged = len(desired)
             return result
         self._installed = None
-        with Netlink.open(self._counts, self._netns) as nl:
+        with self._open(self._netns) as nl:
             table = self._read(nl)
             for route in sorted(desired, key=route_sort_key):
                 self._ensure(nl, table, route, result)
@@ -100,7 +120,7 @@ class RouteReconciler:
             self._installed = desired
         return result
 
-    def _read(self, nl: Netlink) -> _Table:
+    def _read(self, nl: RouteNetlink) -> _Table:
         ours: dict[IPNetwork, list[KernelRoute]] = {}
         foreign: set[IPNetwork] = set()
         for version in (4, 6):
@@ -114,7 +134,7 @@ class RouteReconciler:
                       names={link.index: link.name for link in links},
                       link_names=frozenset(link.name for link in links))
 
-    def _ensure(self, nl: Netlink, table: _Table, route: Route, result: RouteSync) -> None:
+    def _ensure(self, nl: RouteNetlink, table: _Table, route: Route, result: RouteSync) -> None:
         present = table.ours.get(route.dst, ())
         if any(_matches(route, kr, table.names) for kr in present):
             result.unchanged += 1
@@ -136,7 +156,7 @@ class RouteReconciler:
             return
         result.replaced.append(route)
 
-    def _sweep(self, nl: Netlink, desired: frozenset[Route], result: RouteSync) -> None:
+    def _sweep(self, nl: RouteNetlink, desired: frozenset[Route], result: RouteSync) -> None:
         """Delete our routes nobody wants (and our duplicates of wanted ones), re-read first."""
         table = self._read(nl)
         wanted = {r.dst: r for r in desired}

@@ -3,25 +3,26 @@
 ``SysctlReconciler.apply({"net/ipv4/ip_forward": "1", ...})`` reads each key
 and writes only those that differ. Keys name ``/proc/sys`` paths with ``/``
 (interface names may hold dots). A key whose file does not exist (IPv6
-disabled, say) is reported, not fatal.
+disabled, say) is reported, not fatal. Kernel access goes through the
+``netlink`` opener (``SysctlNetlink``: read and write a key).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from tabby.dataplane.netlink import CallCounts, Netlink, NetlinkError
+from tabby.dataplane.netlink import CallCounts, Opener, opener
+from tabby.errors import NetlinkError
 
 
-def desired_node_sysctls(families: tuple[int, ...] = (4, 6)) -> dict[str, str]:
-    """Forwarding on for each family the node routes."""
-    out = {}
-    if 4 in families:
-        out["net/ipv4/ip_forward"] = "1"
-    if 6 in families:
-        out["net/ipv6/conf/all/forwarding"] = "1"
-    return out
+class SysctlNetlink(Protocol):
+    """The kernel calls a sysctl pass makes."""
+
+    def sysctl_get(self, key: str) -> str: ...
+
+    def sysctl_set(self, key: str, value: str) -> None: ...
 
 
 @dataclass(slots=True)
@@ -31,13 +32,14 @@ class SysctlSync:
 
 
 class SysctlReconciler:
-    def __init__(self, counts: CallCounts, netns: str | None = None) -> None:
-        self._counts = counts
+    def __init__(self, counts: CallCounts, netns: str | None = None, *,
+                 netlink: Opener[SysctlNetlink] | None = None) -> None:
+        self._open = netlink if netlink is not None else opener(counts)
         self._netns = netns
 
     def apply(self, desired: Mapping[str, str]) -> SysctlSync:
         result = SysctlSync()
-        with Netlink.open(self._counts, self._netns) as nl:
+        with self._open(self._netns) as nl:
             for key, value in sorted(desired.items()):
                 try:
                     if nl.sysctl_get(key) != value:

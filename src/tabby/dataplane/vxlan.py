@@ -15,6 +15,9 @@ Like the route reconciler, a pass whose desired state equals what the last
 clean pass installed does nothing unless ``full`` (periodic read-back);
 after an error the next pass reads everything back.
 
+Kernel access goes through the ``netlink`` opener; ``VxlanNetlink`` names
+the calls a pass makes (links, addresses, FDB, neighbours, one sysctl).
+
 ``ipip_supported()`` asks the kernel once per process whether it can make
 IPIP links (``tabby.calc.ipip`` explains why tabby asks).
 """
@@ -23,13 +26,58 @@ from __future__ import annotations
 
 import errno
 import functools
-import ipaddress
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from tabby.calc.vxlan import DEVICES, VxlanDevice
-from tabby.dataplane.netlink import CallCounts, Netlink, NetlinkError, link_kind_supported
+from tabby.dataplane.netlink import (
+    CallCounts,
+    IPAddress,
+    IPInterface,
+    Link,
+    Neigh,
+    Opener,
+    VxlanInfo,
+    link_kind_supported,
+    opener,
+)
+from tabby.errors import NetlinkError
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+class VxlanNetlink(Protocol):
+    """The kernel calls a VXLAN pass makes (``tabby.dataplane.netlink.Netlink`` has them)."""
+
+    def link(self, name: str) -> Link | None: ...
+
+    def vxlan_info(self, name: str) -> VxlanInfo | None: ...
+
+    def add_vxlan(self, name: str, *, vni: int, local: IPAddress, port: int, mac: str,
+                  mtu: int) -> Link: ...
+
+    def set_link(self, name: str, *, up: bool | None = None, mtu: int | None = None,
+                 mac: str | None = None) -> None: ...
+
+    def delete_link(self, name: str) -> bool: ...
+
+    def addresses(self, name: str) -> list[IPInterface]: ...
+
+    def add_address(self, name: str, address: IPInterface, *, nodad: bool = False) -> None: ...
+
+    def delete_address(self, name: str, address: IPInterface) -> bool: ...
+
+    def fdb(self, name: str) -> list[Neigh]: ...
+
+    def replace_fdb(self, name: str, mac: str, dst: IPAddress) -> None: ...
+
+    def delete_fdb(self, name: str, mac: str, dst: IPAddress) -> bool: ...
+
+    def neighbours(self, name: str, version: int) -> list[Neigh]: ...
+
+    def replace_neighbour(self, name: str, address: IPAddress, mac: str) -> None: ...
+
+    def delete_neighbour(self, name: str, address: IPAddress) -> bool: ...
+
+    def sysctl_set(self, key: str, value: str) -> None: ...
 
 
 @dataclass(slots=True)
@@ -41,8 +89,9 @@ class VxlanSync:
 
 
 class VxlanReconciler:
-    def __init__(self, counts: CallCounts, netns: str | None = None) -> None:
-        self._counts = counts
+    def __init__(self, counts: CallCounts, netns: str | None = None, *,
+                 netlink: Opener[VxlanNetlink] | None = None) -> None:
+        self._open = netlink if netlink is not None else opener(counts)
         self._netns = netns
         self._installed: tuple[VxlanDevice, ...] | None = None
 
@@ -51,7 +100,7 @@ class VxlanReconciler:
         if not full and desired == self._installed:
             return result
         self._installed = None
-        with Netlink.open(self._counts, self._netns) as nl:
+        with self._open(self._netns) as nl:
             for device in desired:
                 try:
                     self._ensure(nl, device, result)
@@ -70,7 +119,7 @@ class VxlanReconciler:
             self._installed = desired
         return result
 
-    def _ensure(self, nl: Netlink, d: VxlanDevice, result: VxlanSync) -> None:
+    def _ensure(self, nl: VxlanNetlink, d: VxlanDevice, result: VxlanSync) -> None:
         info = nl.vxlan_info(d.name)
         link = nl.link(d.name)
         if link is not None and (info is None or info.vni != d.vni or info.local != d.local
@@ -92,7 +141,7 @@ class VxlanReconciler:
         self._neighbours(nl, d, result)
 
     @staticmethod
-    def _address(nl: Netlink, d: VxlanDevice, result: VxlanSync) -> None:
+    def _address(nl: VxlanNetlink, d: VxlanDevice, result: VxlanSync) -> None:
         present = nl.addresses(d.name)
         for address in present:
             if address != d.address and not address.ip.is_link_local:
@@ -103,7 +152,7 @@ class VxlanReconciler:
             result.changes.append(f"added {d.address} to {d.name}")
 
     @staticmethod
-    def _fdb(nl: Netlink, d: VxlanDevice, result: VxlanSync) -> None:
+    def _fdb(nl: VxlanNetlink, d: VxlanDevice, result: VxlanSync) -> None:
         wanted = {(e.mac, e.dst) for e in d.fdb}
         present = {(e.mac, e.address): e.permanent for e in nl.fdb(d.name)}
         for mac, dst in sorted(set(present) - wanted, key=str):
@@ -115,7 +164,7 @@ class VxlanReconciler:
                 result.changes.append(f"fdb: {mac} dst {dst} on {d.name}")
 
     @staticmethod
-    def _neighbours(nl: Netlink, d: VxlanDevice, result: VxlanSync) -> None:
+    def _neighbours(nl: VxlanNetlink, d: VxlanDevice, result: VxlanSync) -> None:
         wanted: dict[IPAddress, str] = {n.address: n.mac for n in d.neighbours}
         present = {n.address: n for n in nl.neighbours(d.name, d.version)
                    if not n.address.is_multicast}  # the kernel's own (MLD, ...)
@@ -135,7 +184,7 @@ def ipip_supported() -> bool:
     return link_kind_supported("ipip")
 
 
-def _sysctl_if_present(nl: Netlink, key: str, value: str) -> None:
+def _sysctl_if_present(nl: VxlanNetlink, key: str, value: str) -> None:
     try:
         nl.sysctl_set(key, value)
     except NetlinkError as exc:

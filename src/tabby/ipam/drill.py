@@ -27,7 +27,7 @@ from multiprocessing.synchronize import Event
 from queue import Empty
 from typing import TypeVar
 
-from tabby.errors import TabbyError
+from tabby.errors import DrillError as DrillError
 from tabby.ipam import blocks as blk
 from tabby.ipam.engine import IPAM
 from tabby.model import IPAMBlock, IPAMHandle, IPPool, ObjectMeta
@@ -37,10 +37,6 @@ from tabby.store.client import Client
 
 PHASE_TIMEOUT = 120.0
 T = TypeVar("T")
-
-
-class DrillError(TabbyError):
-    """A drill worker died or went silent."""
 
 
 @dataclass(frozen=True, slots=True)

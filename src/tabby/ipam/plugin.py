@@ -35,48 +35,59 @@ gateway of its family (the main plugins would apply it so anyway, and the
 reference plugins' CHECK compares routes literally). Blocks of size /31, /32
 (/127, /128) reserve nothing and get no gateway.
 
-Errors are CNI error objects on stdout with a non-zero exit, never a
-traceback: 1 incompatible cniVersion, 4 missing CNI_* variables, 6 malformed
-JSON, 7 invalid network config, 11 datastore unreachable or busy (try again),
-50 STATUS: not ready, 100 pool exhausted, 101 no usable pool, 102 CHECK
-failed, 999 unexpected.
+The invocation (CNI_* variables, stdin, cniVersion, CNI_ARGS, VERSION) is
+read and checked by :mod:`tabby.cni.frontend`, exactly as for tabby-cni; this
+module does the IPAM work on the request it accepted. Errors are CNI error
+objects on stdout with a non-zero exit, never a traceback: the front-end's
+(1 incompatible cniVersion, 4 invalid CNI_* variables or CNI_ARGS, 6
+malformed JSON, 7 invalid network config) and this plugin's own: 7 invalid
+``ipam`` settings, 11 datastore unreachable or busy (try again), 50 STATUS:
+not ready, 100 pool exhausted, 101 no usable pool, 102 CHECK failed, 999
+unexpected.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import json
 import os
-import socket
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn
 
-if TYPE_CHECKING:
+from tabby.cni import frontend, wire
+from tabby.errors import (
+    ERR_DECODING,
+    ERR_INTERNAL,
+    ERR_INVALID_CONFIG,
+    ERR_NOT_AVAILABLE,
+    ERR_TRY_AGAIN_LATER,
+    CNIError,
+    ConfigError,
+    NoUsablePool,
+    PoolExhausted,
+    StoreError,
+    TabbyError,
+    ValidationError,
+)
+
+if TYPE_CHECKING:  # ipaddress, json and socket load on use: VERSION needs none of them
+    import ipaddress
+
+    from tabby.cni.protocol import CNIRequest
     from tabby.ipam.engine import IPAM, Assignment
     from tabby.store.client import Client
 
-SUPPORTED = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
-CURRENT = "1.1.0"
-GC_KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")
+    IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+    IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+    IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-E_VERSION, E_ENV, E_DECODE, E_CONFIG, E_AGAIN = 1, 4, 6, 7, 11
-E_NOT_READY, E_EXHAUSTED, E_NO_POOL, E_CHECK, E_INTERNAL = 50, 100, 101, 102, 999
+NAME = "tabby-ipam"
 
-IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-class CNIFailure(Exception):
-    def __init__(self, code: int, msg: str, details: str = "") -> None:
-        super().__init__(msg)
-        self.code, self.msg, self.details = code, msg, details
+# tabby-ipam's own codes (the spec leaves 100 and up to each plugin).
+E_EXHAUSTED, E_NO_POOL, E_CHECK = 100, 101, 102
 
 
 def _fail(code: int, msg: str, details: str = "") -> NoReturn:
-    raise CNIFailure(code, msg, details)
+    raise CNIError(code, msg, details)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,99 +108,51 @@ class Config:
 
 
 def main() -> int:
-    return run(os.environ, sys.stdin, sys.stdout)
+    """Console entry point (``tabby-ipam``)."""
+    env = os.environ
+    return frontend.main(NAME, lambda request: _serve(request, env))
 
 
-def run(env: Mapping[str, str], stdin: TextIO, stdout: TextIO) -> int:
-    version = CURRENT
-    try:
-        command = env.get("CNI_COMMAND", "")
-        text = stdin.read()
-        if command == "VERSION":
-            _write(stdout, _version_info(text))
-            return 0
-        if command not in ("ADD", "DEL", "CHECK", "STATUS", "GC"):
-            _fail(E_ENV, f"CNI_COMMAND {command!r} is not ADD, DEL, CHECK, STATUS, GC or VERSION")
-        doc = _decode(text)
-        version = _negotiate(doc, command)
-        result = _dispatch(command, _config(doc, version, env), env)
-        if result is not None:
-            _write(stdout, result)
-        return 0
-    except CNIFailure as f:
-        out: dict[str, Any] = {"cniVersion": version, "code": f.code, "msg": f.msg}
-        if f.details:
-            out["details"] = f.details
-        _write(stdout, out)
-        return 1
-    except Exception as e:  # the spec wants an error object, never a traceback
-        _write(stdout, {"cniVersion": version, "code": E_INTERNAL,
-                        "msg": "tabby-ipam: unexpected error",
-                        "details": f"{type(e).__name__}: {e}"})
-        return 1
+def run(env: Mapping[str, str], stdin: bytes) -> tuple[int, bytes]:
+    """One invocation: (exit status, stdout bytes). Never raises."""
+    return frontend.serve(NAME, lambda request: _serve(request, env), env, stdin)
 
 
-def _write(stdout: TextIO, doc: Mapping[str, Any]) -> None:
-    stdout.write(json.dumps(doc) + "\n")
-    stdout.flush()
+def _serve(request: dict[str, Any], env: Mapping[str, str]) -> bytes:
+    """A request the front-end accepted: the result on stdout, or nothing (DEL, CHECK, ...)."""
+    import json
 
+    from tabby.cni.protocol import CNIRequest
 
-def _version_info(text: str) -> dict[str, Any]:
-    try:
-        asked = json.loads(text).get("cniVersion") if text.strip() else None
-    except (ValueError, AttributeError):
-        asked = None
-    return {"cniVersion": asked if asked in SUPPORTED else CURRENT,
-            "supportedVersions": list(SUPPORTED)}
-
-
-def _decode(text: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(text)
-    except ValueError as e:
-        _fail(E_DECODE, "network config on stdin is not valid JSON", str(e))
-    if not isinstance(doc, dict):
-        _fail(E_DECODE, "network config on stdin must be a JSON object")
-    return doc
-
-
-def _negotiate(doc: Mapping[str, Any], command: str) -> str:
-    version = doc.get("cniVersion")
-    if version not in SUPPORTED:
-        _fail(E_VERSION, f"incompatible CNI versions: config is {version!r}, tabby-ipam"
-              f" supports {', '.join(SUPPORTED)}")
-    assert isinstance(version, str)
-    if command == "CHECK" and version < "0.4.0":
-        _fail(E_VERSION, f"config version {version} does not allow CHECK (0.4.0 and later)")
-    if command in ("STATUS", "GC") and version < "1.1.0":
-        _fail(E_VERSION, f"config version {version} does not allow {command} (1.1.0 and later)")
-    return version
+    req = CNIRequest.from_wire(request)
+    result = _dispatch(req, _config(req, env))
+    return b"" if result is None else (json.dumps(result) + "\n").encode()
 
 
 # -- configuration ------------------------------------------------------------------------
 
 
-def _config(doc: Mapping[str, Any], version: str, env: Mapping[str, str]) -> Config:
-    name = doc.get("name")
-    if not isinstance(name, str) or not name:
-        _fail(E_CONFIG, "network config needs a \"name\"")
-    ipam = doc.get("ipam")
+def _config(req: CNIRequest, env: Mapping[str, str]) -> Config:
+    ipam = req.config.get("ipam")
     if not isinstance(ipam, dict):
-        _fail(E_CONFIG, "network config needs an \"ipam\" object ({\"type\": \"tabby-ipam\", ...})")
+        _fail(ERR_INVALID_CONFIG,
+              "network config needs an \"ipam\" object ({\"type\": \"tabby-ipam\", ...})")
+    import socket
+
     from tabby.store import DEFAULT_URL, ENV
     return Config(
-        version=version, network=name,
+        version=req.cni_version, network=req.network_name,
         datastore=_str(ipam, "datastore") or env.get(ENV) or DEFAULT_URL,
         node=_str(ipam, "node") or env.get("TABBY_NODE") or socket.gethostname(),
         assign_v4=_flag(ipam, "assign_ipv4", True), assign_v6=_flag(ipam, "assign_ipv6", False),
         pools_v4=_names(ipam, "ipv4_pools"), pools_v6=_names(ipam, "ipv6_pools"),
-        routes=_routes(ipam.get("routes")), raw=doc)
+        routes=_routes(ipam.get("routes")), raw=req.config)
 
 
 def _str(ipam: Mapping[str, Any], key: str) -> str:
     value = ipam.get(key, "")
     if not isinstance(value, str):
-        _fail(E_CONFIG, f"ipam.{key} must be a string, not {value!r}")
+        _fail(ERR_INVALID_CONFIG, f"ipam.{key} must be a string, not {value!r}")
     return value
 
 
@@ -198,83 +161,73 @@ def _flag(ipam: Mapping[str, Any], key: str, default: bool) -> bool:
     if isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"  # Calico's configs write "true"
     if not isinstance(value, bool):
-        _fail(E_CONFIG, f"ipam.{key} must be true or false, not {value!r}")
+        _fail(ERR_INVALID_CONFIG, f"ipam.{key} must be true or false, not {value!r}")
     return value
 
 
 def _names(ipam: Mapping[str, Any], key: str) -> tuple[str, ...]:
     value = ipam.get(key, [])
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        _fail(E_CONFIG, f"ipam.{key} must be a list of pool names or CIDRs, not {value!r}")
+        _fail(ERR_INVALID_CONFIG,
+              f"ipam.{key} must be a list of pool names or CIDRs, not {value!r}")
     return tuple(value)
 
 
 def _routes(value: object) -> tuple[tuple[IPNetwork, IPAddress | None], ...]:
+    import ipaddress
+
     if value is None:
         return ()
     if not isinstance(value, list):
-        _fail(E_CONFIG, f"ipam.routes must be a list of {{dst: CIDR, gw: IP}}, not {value!r}")
+        _fail(ERR_INVALID_CONFIG,
+              f"ipam.routes must be a list of {{dst: CIDR, gw: IP}}, not {value!r}")
     routes = []
     for i, r in enumerate(value):
         try:
             dst = ipaddress.ip_network(r["dst"])
             gw = ipaddress.ip_address(r["gw"]) if r.get("gw") else None
         except (TypeError, KeyError, ValueError, AttributeError) as e:
-            _fail(E_CONFIG, f"ipam.routes[{i}] is not {{\"dst\": CIDR, \"gw\": IP}}: {r!r}", str(e))
+            _fail(ERR_INVALID_CONFIG,
+                  f"ipam.routes[{i}] is not {{\"dst\": CIDR, \"gw\": IP}}: {r!r}", str(e))
         if gw is not None and gw.version != dst.version:
-            _fail(E_CONFIG, f"ipam.routes[{i}]: gw {gw} is not of the family of {dst}")
+            _fail(ERR_INVALID_CONFIG,
+                  f"ipam.routes[{i}]: gw {gw} is not of the family of {dst}")
         routes.append((dst, gw))
     return tuple(routes)
-
-
-def _env(env: Mapping[str, str], *names: str) -> list[str]:
-    missing = [n for n in names if not env.get(n)]
-    if missing:
-        _fail(E_ENV, f"missing environment variable(s): {', '.join(missing)}")
-    return [env[n] for n in names]
-
-
-def _cni_args(text: str) -> dict[str, str]:
-    pairs = (p.partition("=") for p in text.split(";") if p)
-    return {k: v for k, _, v in pairs}
 
 
 # -- commands ---------------------------------------------------------------------------
 
 
-def _dispatch(command: str, cfg: Config, env: Mapping[str, str]) -> dict[str, Any] | None:
-    from tabby.errors import (
-        ConfigError,
-        NoUsablePool,
-        PoolExhausted,
-        StoreError,
-        TabbyError,
-        ValidationError,
-    )
+def _dispatch(req: CNIRequest, cfg: Config) -> dict[str, Any] | None:
+    command = req.command
     try:
         if command == "ADD":
-            return _add(cfg, env)
+            return _add(cfg, req)
         if command == "DEL":
-            _delete(cfg, env)
+            _delete(cfg, req)
         elif command == "CHECK":
-            _check(cfg, env)
+            _check(cfg, req)
         elif command == "STATUS":
-            _status(cfg, env)
+            _status(cfg)
         else:
-            _gc(cfg, env)
+            _gc(cfg)
         return None
+    except CNIError:
+        raise  # already the answer (a CNIError is a TabbyError too)
     except (ConfigError, ValidationError) as e:
-        _fail(E_CONFIG, "invalid configuration", str(e))
+        _fail(ERR_INVALID_CONFIG, "invalid configuration", str(e))
     except TabbyError as e:
         if command == "STATUS":
-            _fail(E_NOT_READY, "tabby-ipam cannot assign addresses now", str(e))
+            _fail(ERR_NOT_AVAILABLE, "tabby-ipam cannot assign addresses now", str(e))
         if isinstance(e, PoolExhausted):
             _fail(E_EXHAUSTED, "no free address", str(e))
         if isinstance(e, NoUsablePool):
             _fail(E_NO_POOL, "no usable IP pool", str(e))
         if isinstance(e, StoreError):
-            _fail(E_AGAIN, f"datastore {cfg.datastore} unavailable; try again later", str(e))
-        _fail(E_INTERNAL, "tabby-ipam failed", str(e))
+            _fail(ERR_TRY_AGAIN_LATER,
+                  f"datastore {cfg.datastore} unavailable; try again later", str(e))
+        _fail(ERR_INTERNAL, "tabby-ipam failed", str(e))
 
 
 def _open(cfg: Config) -> tuple[Client, IPAM]:
@@ -288,24 +241,18 @@ def _open(cfg: Config) -> tuple[Client, IPAM]:
     return client, IPAM(client, reservations=reservations)
 
 
-def _handle(cfg: Config, env: Mapping[str, str], *names: str) -> tuple[str, str, str]:
-    container, ifname = _env(env, "CNI_CONTAINERID", "CNI_IFNAME", *names)[:2]
-    return f"{cfg.network}.{container}.{ifname}", container, ifname
-
-
-def _add(cfg: Config, env: Mapping[str, str]) -> dict[str, Any]:
-    handle, container, ifname = _handle(cfg, env, "CNI_NETNS", "CNI_PATH")
+def _add(cfg: Config, req: CNIRequest) -> dict[str, Any]:
     if not (cfg.assign_v4 or cfg.assign_v6):
-        _fail(E_CONFIG, "ipam: assign_ipv4 and assign_ipv6 are both false; nothing to assign")
-    args = _cni_args(env.get("CNI_ARGS", ""))
-    attrs = {"node": cfg.node, "containerID": container, "ifname": ifname,
+        _fail(ERR_INVALID_CONFIG,
+              "ipam: assign_ipv4 and assign_ipv6 are both false; nothing to assign")
+    attrs = {"node": cfg.node, "containerID": req.container_id, "ifname": req.ifname,
              "network": cfg.network}
-    for key, attr in (("K8S_POD_NAMESPACE", "namespace"), ("K8S_POD_NAME", "pod")):
-        if args.get(key):
-            attrs[attr] = args[key]
+    for value, attr in ((req.pod_namespace, "namespace"), (req.pod_name, "pod")):
+        if value:
+            attrs[attr] = value
     client, ipam = _open(cfg)
     try:
-        got = ipam.assign(handle, cfg.node, num_v4=int(cfg.assign_v4),
+        got = ipam.assign(req.handle_id, cfg.node, num_v4=int(cfg.assign_v4),
                           num_v6=int(cfg.assign_v6), attrs=attrs,
                           pools_v4=cfg.pools_v4, pools_v6=cfg.pools_v6)
         return _result(cfg.version, _ips(client, got), cfg.routes)
@@ -314,6 +261,8 @@ def _add(cfg: Config, env: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _ips(client: Client, got: Assignment) -> list[tuple[IPInterface, IPAddress | None]]:
+    import ipaddress
+
     from tabby.ipam import blocks as blk
     from tabby.model import IPAMBlock, block_name
     out: list[tuple[IPInterface, IPAddress | None]] = []
@@ -345,17 +294,18 @@ def _result(version: str, ips: list[tuple[IPInterface, IPAddress | None]],
     return {"cniVersion": version, "ips": entries, "routes": out_routes}
 
 
-def _delete(cfg: Config, env: Mapping[str, str]) -> None:
-    handle, _, _ = _handle(cfg, env, "CNI_PATH")
+def _delete(cfg: Config, req: CNIRequest) -> None:
     client, ipam = _open(cfg)
     try:
-        ipam.release_handle(handle)
+        ipam.release_handle(req.handle_id)
     finally:
         client.store.close()
 
 
-def _check(cfg: Config, env: Mapping[str, str]) -> None:
-    handle, _, _ = _handle(cfg, env, "CNI_NETNS", "CNI_PATH")
+def _check(cfg: Config, req: CNIRequest) -> None:
+    import ipaddress
+
+    handle = req.handle_id
     client, ipam = _open(cfg)
     try:
         held = set(ipam.addresses_of(handle))
@@ -369,15 +319,14 @@ def _check(cfg: Config, env: Mapping[str, str]) -> None:
         try:
             expected.add(ipaddress.ip_interface(entry["address"]).ip)
         except (TypeError, KeyError, ValueError) as e:
-            _fail(E_DECODE, f"prevResult has a malformed ip entry {entry!r}", str(e))
+            _fail(ERR_DECODING, f"prevResult has a malformed ip entry {entry!r}", str(e))
     lost = expected - held
     if lost:
         _fail(E_CHECK, f"handle {handle} no longer holds {', '.join(map(str, sorted(lost)))}",
               f"it holds {', '.join(map(str, sorted(held)))}")
 
 
-def _status(cfg: Config, env: Mapping[str, str]) -> None:
-    _env(env, "CNI_PATH")
+def _status(cfg: Config) -> None:
     from tabby.ipam.pools import usable_pools
     from tabby.model import IPPool, Node
     client, _ = _open(cfg)
@@ -393,11 +342,10 @@ def _status(cfg: Config, env: Mapping[str, str]) -> None:
         client.store.close()
 
 
-def _gc(cfg: Config, env: Mapping[str, str]) -> None:
+def _gc(cfg: Config) -> None:
     """Release this network's handles held for this node that the runtime no longer knows."""
-    _env(env, "CNI_PATH")
     valid = set()
-    for key in GC_KEYS:
+    for key in wire.VALID_ATTACHMENTS_KEYS:
         for item in cfg.raw.get(key) or []:
             if isinstance(item, dict):
                 valid.add(f"{cfg.network}.{item.get('containerID')}.{item.get('ifname')}")

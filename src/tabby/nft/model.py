@@ -11,10 +11,15 @@ two features can share the forward hook without knowing of each other::
     HookEntry("filter-forward", 100, Rule("jump policy-fwd", "policy"))
     HookEntry("nat-prerouting", 100, Rule("jump services", "services"))
 
-Rule bodies are nft statement text (matches and a verdict); the typed part is
-the structure around them: which chain holds which rules in which order, which
-set holds which elements. Names are plain nft identifiers (letters, digits,
-``-``, ``_``, ``.``), at most 63 characters here.
+A rule's body is nft statement text (matches and a verdict). A feature that
+builds its rules from typed terms (``tabby.nft.expr``: matches, statements,
+verdicts) makes them with ``Rule.of(*terms)``: the body is then the terms'
+text, written by ``tabby.nft.expr.text`` alone, and the rule keeps the terms
+for whoever wants to read its structure (tests: which chain it jumps to, which
+map it reads). Rules compare by body and comment, the text the kernel sees.
+The rest is typed too: which chain holds which rules in which order, which set
+holds which elements. Names are plain nft identifiers (letters, digits, ``-``,
+``_``, ``.``), at most 63 characters here.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import TypeVar
 
 from tabby.errors import DataplaneError
 from tabby.marks import NFT_FAMILY, NFT_TABLE
+from tabby.nft.expr import Term, body_text
 
 TABLE = NFT_TABLE
 FAMILY = NFT_FAMILY
@@ -60,6 +66,13 @@ BASE_CHAINS: Mapping[str, Hook] = {
 class Rule:
     body: str  # e.g. 'ip saddr @ns-x-pods tcp dport 80 accept'
     comment: str = ""  # names the policy / service / feature; shown by `nft list`
+    # the typed form the body was written from (Rule.of); empty for a rule given as text
+    terms: tuple[Term, ...] = field(default=(), compare=False)
+
+    @classmethod
+    def of(cls, *terms: Term, comment: str = "") -> Rule:
+        """A rule from typed terms, its body their text."""
+        return cls(body_text(terms), comment, terms)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,10 +15,12 @@ kernel is given, not a second implementation.
 
 Public API (stable; the conformance suite, the lab and the benchmarks use it):
 
-- ``tabby.policy.nftables.desired_policy(snapshot, node) -> Ruleset`` (pure; registered
-  as an nftables contributor), ``render_program(program)``, ``policy_chain_name``,
-  ``reset_caches()``;
-- ``tabby.policy.program.build_program(snapshot, node | None) -> PolicyProgram``;
+- ``tabby.policy.nftables.PolicyRules(node).part(snapshot) -> Ruleset``: the policy
+  part of the node's table, pass after pass (the node calculator holds one; its
+  memos are its own state); ``desired_policy(snapshot, node)`` and
+  ``render_program(program)`` compute afresh; ``tabby.policy.builder.policy_chain_name``;
+- ``tabby.policy.program.ProgramBuilder().build(snapshot, node | None)`` (long-lived)
+  and ``build_program(snapshot, node | None) -> PolicyProgram`` (one-off);
 - ``tabby.policy.explain.explain(program, source, destination, protocol, port, *,
   family=None, source_port=None, icmp=None) -> Explanation`` (``.verdict``,
   ``.egress`` / ``.ingress`` Decisions, ``.to_dict()`` = ``tabby policy explain -o json``),

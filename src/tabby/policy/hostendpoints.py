@@ -21,15 +21,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from tabby.model.felixconfig import ProtoPort
 from tabby.model.hostendpoint import HostEndpoint
 from tabby.nft.model import Rule
+from tabby.policy.builder import Builder
 from tabby.policy.program import EndpointPolicies
-
-if TYPE_CHECKING:
-    from tabby.policy.nftables import _Builder
 
 MAP_TYPES = {"pol-hepa-in4": "ipv4_addr", "pol-hepa-out4": "ipv4_addr",
              "pol-hepa-in6": "ipv6_addr", "pol-hepa-out6": "ipv6_addr"}
@@ -67,7 +64,7 @@ def failsafe_rules(ports: tuple[ProtoPort, ...], direction: str) -> tuple[Rule, 
     return tuple(out)
 
 
-def build(b: _Builder, heps: list[EndpointPolicies]) -> HostRules:
+def build(b: Builder, heps: list[EndpointPolicies]) -> HostRules:
     out = HostRules()
     if not heps:
         return out
@@ -108,7 +105,7 @@ def build(b: _Builder, heps: list[EndpointPolicies]) -> HostRules:
     return out
 
 
-def _dispatch(b: _Builder, out: HostRules) -> None:
+def _dispatch(b: Builder, out: HostRules) -> None:
     present = set(b.maps)
     if "pol-hep-in" in present:
         out.input.append(Rule("iifname vmap @pol-hep-in", "host endpoint ingress"))

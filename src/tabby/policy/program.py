@@ -1,8 +1,9 @@
 """One snapshot's policy, resolved: compiled policies, set membership, per-endpoint order.
 
-``build_program(snapshot, node)`` is the pure core that both the nftables
-compiler (for the node's own endpoints) and ``explain`` (for any endpoint,
-``node=None``) start from::
+``ProgramBuilder().build(snapshot, node)`` is the pure core that both the
+nftables compiler (for the node's own endpoints, a long-lived builder that
+reuses last pass's work) and ``explain`` (any endpoint, ``node=None``, a one-off
+``build_program``) start from::
 
     snapshot --entities--> LabelIndex --> SetBook        (who is in which set)
              --policies--> compile_policy (memoised per object) --> CompiledPolicy
@@ -89,37 +90,78 @@ class PolicyProgram:
         return None
 
 
-def entities_of(snapshot: Snapshot) -> tuple[Entity, ...]:
-    """Every entity of the snapshot; an unchanged object gives the same Entity object."""
-    ns_labels = namespace_labels(snapshot.namespaces)
-    ns_keys = {name: tuple(sorted(labels.items())) for name, labels in ns_labels.items()}
-    memo = _ENTITIES
-    if ns_keys != memo.ns_keys:  # namespace labels changed: every entity afresh
-        memo.items, memo.ns_keys = {}, ns_keys
-    items = memo.items
-    # The bulk, endpoints, in C: look every one up by id (an entry keeps its object
-    # alive, so an id found is that object's), compute only the misses.
-    endpoints = snapshot.endpoints
-    ids = list(map(id, endpoints))
-    found: list[Any] = list(map(items.get, ids))
-    if None in found:
-        for pos, got in enumerate(found):
+class ProgramBuilder:
+    """Builds one node's ``PolicyProgram`` pass after pass, reusing what did not change.
+
+    Every memo lives here, as this object's state: the entity per model object, the
+    label index and set book (evolved by difference), each policy's compilation and
+    applied mask, the evaluation order. A fresh builder fed the same snapshot gives an
+    equal program (tests/unit/test_calc_node.py replays random sequences to check).
+    Objects are immutable, so a memo keyed by identity keeps the object alive with it.
+    """
+
+    def __init__(self) -> None:
+        self._entities = _Entities()
+        self._indexes = _Indexes()
+        self._applied = _Applied()
+        self._compiled = _Memo()
+        self._order = _Order()
+
+    def build(self, snapshot: Snapshot, node: str | None) -> PolicyProgram:
+        index, book = self._indexes.next(self.entities_of(snapshot))
+        compiled = self.policies_of(snapshot)
+        return _program(snapshot, node, index, book, compiled, self._applied)
+
+    def entities_of(self, snapshot: Snapshot) -> tuple[Entity, ...]:
+        """Every entity of the snapshot; an unchanged object gives the same Entity object."""
+        ns_labels = namespace_labels(snapshot.namespaces)
+        ns_keys = {name: tuple(sorted(labels.items())) for name, labels in ns_labels.items()}
+        memo = self._entities
+        if ns_keys != memo.ns_keys:  # namespace labels changed: every entity afresh
+            memo.items, memo.ns_keys = {}, ns_keys
+        items = memo.items
+        # The bulk, endpoints, in C: look every one up by id (an entry keeps its object
+        # alive, so an id found is that object's), compute only the misses.
+        endpoints = snapshot.endpoints
+        ids = list(map(id, endpoints))
+        found: list[Any] = list(map(items.get, ids))
+        if None in found:
+            for pos, got in enumerate(found):
+                if got is None:
+                    ep = endpoints[pos]
+                    found[pos] = items[ids[pos]] = (ep, wep_entity(ep, ns_labels))
+        out: list[Entity] = list(map(_SECOND, found))
+        others: list[Resource] = [*snapshot.of(HostEndpoint), *snapshot.of(NetworkSet),
+                                  *snapshot.of(GlobalNetworkSet)]
+        for obj in others:
+            got = items.get(id(obj))
             if got is None:
-                ep = endpoints[pos]
-                found[pos] = items[ids[pos]] = (ep, wep_entity(ep, ns_labels))
-    out: list[Entity] = list(map(_SECOND, found))
-    others: list[Resource] = [*snapshot.of(HostEndpoint), *snapshot.of(NetworkSet),
-                              *snapshot.of(GlobalNetworkSet)]
-    for obj in others:
-        got = items.get(id(obj))
-        if got is None:
-            got = items[id(obj)] = (obj, _entity(obj, ns_labels))
-        out.append(got[1])
-    if len(items) > 2 * len(out) + 64:  # forget objects no longer in the snapshot
-        alive = set(ids)
-        alive.update(map(id, others))
-        memo.items = {k: v for k, v in items.items() if k in alive}
-    return tuple(out)
+                got = items[id(obj)] = (obj, _entity(obj, ns_labels))
+            out.append(got[1])
+        if len(items) > 2 * len(out) + 64:  # forget objects no longer in the snapshot
+            alive = set(ids)
+            alive.update(map(id, others))
+            memo.items = {k: v for k, v in items.items() if k in alive}
+        return tuple(out)
+
+    def policies_of(self, snapshot: Snapshot) -> list[CompiledPolicy]:
+        """Every policy of the snapshot, compiled, in evaluation order."""
+        objs: list[Resource] = [*snapshot.of(K8sNetworkPolicy), *snapshot.of(NetworkPolicy),
+                                *snapshot.of(GlobalNetworkPolicy)]
+        out = [self._compiled.compiled(obj) for obj in objs]
+        self._compiled.prune({id(o) for o in objs})
+        found = [c for c in out if c is not None]
+        order = self._order
+        if len(order.last) == len(found) and all(map(operator.is_, order.last, found)):
+            return list(order.ordered)  # the same policies as last pass: the same order
+        ordered = sorted(found, key=lambda c: c.policy.sort_key)
+        order.last, order.ordered = tuple(found), tuple(ordered)
+        return ordered
+
+
+def build_program(snapshot: Snapshot, node: str | None) -> PolicyProgram:
+    """A one-off program (``explain``, the CLI): a fresh builder, no memory of other calls."""
+    return ProgramBuilder().build(snapshot, node)
 
 
 _SECOND = operator.itemgetter(1)
@@ -169,35 +211,12 @@ class _Applied:
         self.current: dict[int, tuple[CompiledPolicy, int, list[int]]] = {}
 
 
-_ENTITIES = _Entities()
-_INDEXES = _Indexes()
-_APPLIED = _Applied()
-
-
-def policies_of(snapshot: Snapshot) -> list[CompiledPolicy]:
-    """Every policy of the snapshot, compiled, in evaluation order."""
-    objs: list[Resource] = [*snapshot.of(K8sNetworkPolicy), *snapshot.of(NetworkPolicy),
-                            *snapshot.of(GlobalNetworkPolicy)]
-    out = [_compiled(obj) for obj in objs]
-    _COMPILED.prune({id(o) for o in objs})
-    found = [c for c in out if c is not None]
-    last = _ORDER.last
-    if len(last) == len(found) and all(map(operator.is_, last, found)):
-        return list(_ORDER.ordered)  # the same policies as last pass: the same order
-    ordered = sorted(found, key=lambda c: c.policy.sort_key)
-    _ORDER.last, _ORDER.ordered = tuple(found), tuple(ordered)
-    return ordered
-
-
 class _Order:
     """Last pass's compiled policies (as found) and their evaluation order."""
 
     def __init__(self) -> None:
         self.last: tuple[CompiledPolicy, ...] = ()
         self.ordered: tuple[CompiledPolicy, ...] = ()
-
-
-_ORDER = _Order()
 
 
 def stages_of(c: CompiledPolicy) -> tuple[str, ...]:
@@ -209,16 +228,15 @@ def stages_of(c: CompiledPolicy) -> tuple[str, ...]:
     return ("normal", "forward") if spec.apply_on_forward else ("normal",)
 
 
-def build_program(snapshot: Snapshot, node: str | None) -> PolicyProgram:
-    index, book = _INDEXES.next(entities_of(snapshot))
-    compiled = policies_of(snapshot)
+def _program(snapshot: Snapshot, node: str | None, index: LabelIndex, book: SetBook,
+             compiled: list[CompiledPolicy], memo: _Applied) -> PolicyProgram:
     ours = index.kind_mask(WEP, HEP)
     if node is not None:
         ours &= index.node_mask(node)
     slots = index.slots
     lists: dict[int, dict[tuple[str, str], list[str]]] = {i: {} for i in bits(ours)}
     wep_mask = index.kind_mask(WEP)
-    applied_bits = _APPLIED.previous
+    applied_bits = memo.previous
     for c in compiled:
         applied = index.mask(c.applies_to) & ours
         if not applied:
@@ -226,7 +244,7 @@ def build_program(snapshot: Snapshot, node: str | None) -> PolicyProgram:
         got = applied_bits.get(id(c))
         if got is None or got[0] is not c or got[1] != applied:
             got = (c, applied, bits(applied))
-        _APPLIED.current[id(c)] = got
+        memo.current[id(c)] = got
         key = c.key
         stages = stages_of(c)
         directions = [d for d in DIRECTIONS if c.has_type(d)]
@@ -246,7 +264,7 @@ def build_program(snapshot: Snapshot, node: str | None) -> PolicyProgram:
         e = slots[i]
         assert e is not None
         endpoints[e.key] = EndpointPolicies(e, {k: tuple(v) for k, v in by_stage.items()})
-    _APPLIED.previous, _APPLIED.current = _APPLIED.current, {}
+    memo.previous, memo.current = memo.current, {}
     felix = snapshot.of(FelixConfiguration)
     fs_in, fs_out = failsafe_ports(felix, node or "")
     return PolicyProgram(node, index, book, {c.key: c for c in compiled},
@@ -254,43 +272,23 @@ def build_program(snapshot: Snapshot, node: str | None) -> PolicyProgram:
 
 
 class _Memo:
-    """compile_policy per policy object (objects are immutable; the cache keeps them alive)."""
+    """compile_policy per policy object (objects are immutable; the memo keeps them alive)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.items: dict[int, tuple[Resource, CompiledPolicy | None]] = {}
 
-    def get(self, obj: Resource) -> tuple[bool, CompiledPolicy | None]:
+    def compiled(self, obj: Resource) -> CompiledPolicy | None:
         got = self.items.get(id(obj))
         if got is not None and got[0] is obj:
-            return True, got[1]
-        return False, None
-
-    def put(self, obj: Resource, value: CompiledPolicy | None) -> None:
+            return got[1]
+        policy = from_resource(obj)
+        value = compile_policy(policy) if policy is not None else None
         with self.lock:
             self.items[id(obj)] = (obj, value)
+        return value
 
     def prune(self, alive: set[int]) -> None:
         with self.lock:
             if len(self.items) > 2 * len(alive) + 64:
                 self.items = {k: v for k, v in self.items.items() if k in alive}
-
-
-_COMPILED = _Memo()
-
-
-def _compiled(obj: Resource) -> CompiledPolicy | None:
-    hit, value = _COMPILED.get(obj)
-    if hit:
-        return value
-    policy = from_resource(obj)
-    value = compile_policy(policy) if policy is not None else None
-    _COMPILED.put(obj, value)
-    return value
-
-
-def reset_caches() -> None:
-    """Forget every memo (tests compare incremental results with fresh ones)."""
-    global _ENTITIES, _INDEXES, _APPLIED, _COMPILED, _ORDER
-    _ENTITIES, _INDEXES, _APPLIED, _COMPILED = _Entities(), _Indexes(), _Applied(), _Memo()
-    _ORDER = _Order()

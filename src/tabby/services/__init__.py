@@ -2,8 +2,9 @@
 
     view.py        Service + EndpointSlices in a Snapshot -> one ``PortView`` per
                    service port and family (frontends, usable backends)   [pure]
-    nft.py         PortViews -> the ``svc-*`` part of the ``inet tabby`` table
-                   (registered as an nftables contributor)                  [pure]
+    nft.py         PortViews -> the ``svc-*`` part of the ``inet tabby`` table:
+                   ``ServiceRules(node).part(snapshot)``, one per node, its
+                   shares kept as instance state (the node calculator's)   [pure]
     shares.py      each service's share of that part, remembered between passes
                    and merged by buckets (10k services, one change: cheap)
     bgp.py         /32 (/128) announcements for externalTrafficPolicy Local, for

@@ -1,6 +1,15 @@
 """Services in tabby's nftables table: one hashed lookup, a random pick, DNAT.
 
-    services_part(snapshot, node) -> Ruleset       (an nftables contributor)
+    rules = ServiceRules(node)       one per node, kept between passes
+    rules.part(snapshot) -> Ruleset  the services part of that node's table
+    services_part(snapshot, node)    the same, computed afresh (a one-off)
+
+``ServiceRules`` remembers each service's share of the part between passes
+(``tabby.services.shares``); the part is the same as computing every share
+afresh, so a fresh ``ServiceRules`` fed the final snapshot of any sequence of
+updates answers as a long-lived one does. The rules are built from typed
+terms (``tabby.nft.expr``), map elements with ``element``: nothing here writes
+nft syntax by hand.
 
 Everything per service lives in map ELEMENTS; chains are shared, so an
 endpoint joining or leaving changes elements only (the delta renderer then
@@ -59,9 +68,40 @@ import functools
 import hashlib
 import ipaddress
 
-from tabby.calc.nftables import contributor
-from tabby.marks import MARK_MASQ, VETH_PREFIX
+from tabby.marks import MARK_MASQ, VETH_GLOB
 from tabby.model.service import EndpointSlice, Service
+from tabby.nft.expr import (
+    IIFNAME,
+    TH_DPORT,
+    AnonSet,
+    Bitwise,
+    Concat,
+    Ct,
+    Dnat,
+    Drop,
+    Endpoint,
+    Fib,
+    Goto,
+    Hex,
+    InlineVmap,
+    Jump,
+    MapLookup,
+    Masquerade,
+    Match,
+    Meta,
+    MetaSet,
+    Numgen,
+    Quoted,
+    Reject,
+    SetRef,
+    Typeof,
+    Update,
+    Vmap,
+    daddr,
+    element,
+    saddr,
+    text,
+)
 from tabby.nft.model import Chain, HookEntry, NftMap, NftSet, Rule, Ruleset
 from tabby.services.shares import Merged, Part, ShareCache
 from tabby.services.view import Backend, PortView, service_inputs, service_views
@@ -71,34 +111,45 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 MASQ_MARK = MARK_MASQ
 FAMILIES = (4, 6)
-L4 = "meta l4proto { tcp, udp, sctp }"
 HOOK_ORDER_NAT = 100
 HOOK_ORDER_FILTER = 5
-_IP = {4: "ip", 6: "ip6"}
 _ADDR = {4: "ipv4_addr", 6: "ipv6_addr"}
 _NFPROTO = {4: "ipv4", 6: "ipv6"}
-_LOOPBACK = {4: "127.0.0.0/8", 6: "::1"}
-REJECT = "goto svc-reject"
-MARK = f"meta mark set meta mark or {MASQ_MARK:#010x}"
+_LOOPBACK: dict[int, ipaddress.IPv4Network | ipaddress.IPv6Address] = {
+    4: ipaddress.IPv4Network("127.0.0.0/8"), 6: ipaddress.IPv6Address("::1")}
+L4PROTO = Meta("l4proto")
+META_MARK = Meta("mark")
+L4 = Match(L4PROTO, AnonSet(("tcp", "udp", "sctp")))
+NFPROTO = {n: Match(Meta("nfproto"), name) for n, name in _NFPROTO.items()}
+PROTO_PORT = Concat((L4PROTO, TH_DPORT))
+VIP = {n: Concat((daddr(n), L4PROTO, TH_DPORT)) for n in FAMILIES}  # address . proto . port
+REJECT = Goto("svc-reject")
+MARK = MetaSet("mark", Bitwise(META_MARK, "or", Hex(MASQ_MARK)))
+# map element values that are verdicts, as the maps hold them
+_REJECT, _DROP = text(REJECT), text(Drop())
+
+__all__ = ["FAMILIES", "MASQ_MARK", "ServiceRules", "service_share", "services_part"]
 
 
-_CACHES: dict[str, ShareCache] = {}  # per node: shares depend on which endpoints are local
-_CACHED_NODES = 8
+class ServiceRules:
+    """The services part of one node's table, each service's share remembered between
+    passes (shares depend on the node: which endpoints are local)."""
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self.shares = ShareCache(functools.partial(service_share, node=node))
+
+    def part(self, snapshot: Snapshot) -> Ruleset:
+        return _ruleset(self.shares.merged(service_inputs(snapshot)))
 
 
-@contributor
 def services_part(snapshot: Snapshot, node: str) -> Ruleset:
-    """The services part of ``node``'s table (``tabby.services.shares`` remembers each
-    service's share between passes; the result is the same as computing them all)."""
-    cache = _CACHES.get(node)
-    if cache is None:
-        if len(_CACHES) >= _CACHED_NODES:
-            _CACHES.clear()
-        cache = _CACHES[node] = ShareCache(functools.partial(_share, node=node))
-    return _ruleset(cache.merged(service_inputs(snapshot)))
+    """The services part of ``node``'s table, computed afresh."""
+    return ServiceRules(node).part(snapshot)
 
 
-def _share(svc: Service, slices: tuple[EndpointSlice, ...], node: str) -> Part:
+def service_share(svc: Service, slices: tuple[EndpointSlice, ...], node: str) -> Part:
+    """One service's share of ``node``'s part (pure: the ShareCache's compute)."""
     part = Part()
     for view in service_views(svc, slices):
         _add_view(part, view, node)
@@ -111,29 +162,25 @@ def _add_view(part: Part, v: PortView, node: str) -> None:
     n = v.version
     every, local = v.backends, v.local_backends(node)
     pick = _AffinePick(part, v) if v.affinity_timeout is not None else _SharedPick(part, v)
-    nothing = REJECT if not every else "drop"  # not translated: no endpoint, or none here
+    nothing = _REJECT if not every else _DROP  # not translated: no endpoint, or none here
     if v.cluster_ip is not None:
-        key = _key(v.cluster_ip, v)
+        key = element(v.cluster_ip, v.protocol, v.port)
         pick.choose(f"svc-ips-v{n}", key, local if v.internal_local else every, "")
         part.add(f"svc-cips-v{n}", str(v.cluster_ip))
         if v.internal_local:
             part.put(f"svc-noep-v{n}", key, nothing)
     for ip in v.external_ips:
-        key = _key(ip, v)
+        key = element(ip, v.protocol, v.port)
         pick.choose(f"svc-ips-v{n}", key, every, "")
         pick.external(f"svc-xips-v{n}", key, local, "")
         part.put(f"svc-noep-v{n}", key, nothing)
     if v.node_port is not None:
-        key = f"{v.protocol} . {v.node_port}"
+        key = element(v.protocol, v.node_port)
         pick.choose(f"svc-np-v{n}", key, every, "np-")
         pick.external(f"svc-xnp-v{n}", key, local, "np-")
         part.put(f"svc-noepnp-v{n}", key, nothing)
     for b in local:
-        part.add(f"svc-hairpin-v{n}", f"{b.address} . {b.address}")
-
-
-def _key(ip: IPAddress, v: PortView) -> str:
-    return f"{ip} . {v.protocol} . {v.port}"
+        part.add(f"svc-hairpin-v{n}", element(b.address, b.address))
 
 
 class _SharedPick:
@@ -147,11 +194,11 @@ class _SharedPick:
         if not backends:
             return
         n, kind = self.view.version, f"{'x-' if local else ''}{np}n"
-        self.part.put(verdicts, key, f"goto svc-{kind}{len(backends)}")
+        self.part.put(verdicts, key, text(Goto(f"svc-{kind}{len(backends)}")))
         self.part.counts.add((kind, len(backends)))
         slots = f"svc-{'x' if local else ''}{np.rstrip('-')}eps-v{n}"
         for slot, b in enumerate(backends):
-            self.part.put(slots, f"{key} . {slot}", f"{b.address} . {b.port}")
+            self.part.put(slots, element(key, slot), element(b.address, b.port))
 
     def external(self, verdicts: str, key: str, local: tuple[Backend, ...], np: str) -> None:
         """The path from outside: Local policy keeps local endpoints and the client's
@@ -160,7 +207,7 @@ class _SharedPick:
             self.choose(verdicts, key, local, np, local=True)
         elif self.view.backends:
             k = len(self.view.backends)
-            self.part.put(verdicts, key, f"goto svc-m-{np}n{k}")
+            self.part.put(verdicts, key, text(Goto(f"svc-m-{np}n{k}")))
             self.part.counts.add((f"m-{np}n", k))
 
 
@@ -176,15 +223,16 @@ class _AffinePick:
         if not backends:
             return
         name = f"svca-{self.id}{'-local' if local else ''}{'-masq' if mark else ''}"
-        self.part.put(verdicts, key, f"goto {name}")
+        self.part.put(verdicts, key, text(Goto(name)))
         if name in self.part.chains:
             return
-        ip = _IP[self.view.version]
-        rules = [Rule(MARK, "masquerade")] if mark else []
+        n, ref = self.view.version, self.view.ref
+        rules = [Rule.of(MARK, comment="masquerade")] if mark else []
         targets = [self._endpoint(b) for b in backends]
-        rules += [Rule(f"{ip} saddr @{aff} goto {chain}", self.view.ref) for chain, aff in targets]
-        vmap = ", ".join(f"{i} : goto {chain}" for i, (chain, _) in enumerate(targets))
-        rules.append(Rule(f"numgen random mod {len(targets)} vmap {{ {vmap} }}", self.view.ref))
+        rules += [Rule.of(Match(saddr(n), SetRef(aff)), Goto(chain), comment=ref)
+                  for chain, aff in targets]
+        vmap = tuple((i, Goto(chain)) for i, (chain, _) in enumerate(targets))
+        rules.append(Rule.of(InlineVmap(Numgen(len(targets)), vmap), comment=ref))
         self.part.chains[name] = Chain(name, tuple(rules))
 
     def external(self, verdicts: str, key: str, local: tuple[Backend, ...], np: str) -> None:
@@ -197,49 +245,44 @@ class _AffinePick:
         """The endpoint's chain (remember the client, DNAT) and its client set."""
         suffix = _short(f"{b.address}/{b.port}", 8)
         chain, aff = f"svca-{self.id}-{suffix}", f"svcaff-{self.id}-{suffix}"
-        ip = _IP[self.view.version]
-        target = f"[{b.address}]:{b.port}" if b.address.version == 6 else f"{b.address}:{b.port}"
+        n, timeout = self.view.version, self.view.affinity_timeout or 0
         self.part.chains[chain] = Chain(chain, (
-            Rule(f"update @{aff} {{ {ip} saddr timeout {self.view.affinity_timeout}s }}"),
-            Rule(f"{L4} dnat {ip} to {target}", f"{self.view.ref} {b.address}")))
-        self.part.affinity_sets[aff] = self.view.version
+            Rule.of(Update(aff, saddr(n), timeout)),
+            Rule.of(L4, Dnat(n, Endpoint(b.address, b.port)),
+                    comment=f"{self.view.ref} {b.address}")))
+        self.part.affinity_sets[aff] = n
         return chain, aff
 
 
-def _short(text: str, size: int) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:size]
+def _short(name: str, size: int) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()[:size]
 
 
 # -- structure ----------------------------------------------------------------------
 
 def _ruleset(part: Merged) -> Ruleset:
-    maps = [NftMap(name, key, value, part.elements(name)) for name, key, value in _map_types()]
+    maps = [NftMap(name, key, value, part.elements(name)) for name, key, value in _MAP_TYPES]
     sets = [NftSet(f"svc-cips-v{n}", _ADDR[n], part.members(f"svc-cips-v{n}"))
             for n in FAMILIES]
-    sets += [NftSet(f"svc-hairpin-v{n}", f"{_ADDR[n]} . {_ADDR[n]}",
+    sets += [NftSet(f"svc-hairpin-v{n}", text(Concat((_ADDR[n], _ADDR[n]))),
                     part.members(f"svc-hairpin-v{n}")) for n in FAMILIES]
     sets += [NftSet(name, _ADDR[n], flags=("dynamic", "timeout"))
              for name, n in sorted(part.affinity_sets.items())]
-    chains = [*_fixed_chains(), *_count_chains(part.counts),
+    chains = [*_FIXED_CHAINS, *_count_chains(part.counts),
               *(part.chains[name] for name in sorted(part.chains))]
-    hooks = [HookEntry("nat-prerouting", HOOK_ORDER_NAT, Rule("jump svc-pre", "services")),
-             HookEntry("nat-output", HOOK_ORDER_NAT, Rule("jump svc-int", "services")),
-             HookEntry("nat-postrouting", HOOK_ORDER_NAT, Rule("jump svc-post", "services"))]
-    hooks += [HookEntry(base, HOOK_ORDER_FILTER, Rule("ct state new jump svc-filter", "services"))
-              for base in ("filter-forward", "filter-output")]
-    hooks.append(HookEntry("filter-input", HOOK_ORDER_FILTER,
-                           Rule("ct state new jump svc-filter-in", "services")))
-    return Ruleset.of(chains=chains, sets=sets, maps=maps, hooks=hooks)
+    return Ruleset.of(chains=chains, sets=sets, maps=maps, hooks=_HOOKS)
 
 
 def _map_types() -> list[tuple[str, str, str]]:
+    """(name, key type, data type) of every map, as declared."""
     out: list[tuple[str, str, str]] = []
     for n in FAMILIES:
-        ip, addr = _IP[n], _ADDR[n]
-        vip, proto_port = f"{addr} . inet_proto . inet_service", "inet_proto . inet_service"
-        slot = f"typeof {ip} daddr . meta l4proto . th dport . numgen random mod 2"
-        np_slot = "typeof meta l4proto . th dport . numgen random mod 2"
-        to = f"{ip} daddr . th dport"
+        vip, proto_port = text(Concat((_ADDR[n], "inet_proto", "inet_service"))), \
+            text(Concat(("inet_proto", "inet_service")))
+        # a key holding a numgen value is declared by expression (nft has no type for it)
+        slot = text(Typeof(Concat((*VIP[n].items, Numgen(2)))))
+        np_slot = text(Typeof(Concat((*PROTO_PORT.items, Numgen(2)))))
+        to = text(Concat((daddr(n), TH_DPORT)))
         out += [(f"svc-ips-v{n}", vip, "verdict"), (f"svc-xips-v{n}", vip, "verdict"),
                 (f"svc-np-v{n}", proto_port, "verdict"), (f"svc-xnp-v{n}", proto_port, "verdict"),
                 (f"svc-eps-v{n}", slot, to), (f"svc-xeps-v{n}", slot, to),
@@ -248,38 +291,53 @@ def _map_types() -> list[tuple[str, str, str]]:
     return out
 
 
+def _hooks() -> list[HookEntry]:
+    hooks = [HookEntry(base, HOOK_ORDER_NAT, Rule.of(Jump(target), comment="services"))
+             for base, target in (("nat-prerouting", "svc-pre"), ("nat-output", "svc-int"),
+                                  ("nat-postrouting", "svc-post"))]
+    new = Match(Ct("state"), "new")
+    hooks += [HookEntry(base, HOOK_ORDER_FILTER,
+                        Rule.of(new, Jump("svc-filter"), comment="services"))
+              for base in ("filter-forward", "filter-output")]
+    hooks.append(HookEntry("filter-input", HOOK_ORDER_FILTER,
+                           Rule.of(new, Jump("svc-filter-in"), comment="services")))
+    return hooks
+
+
 def _fixed_chains() -> list[Chain]:
     def lookups(prefix: str) -> tuple[Rule, ...]:
-        rules = [Rule(f"{_IP[n]} daddr . meta l4proto . th dport vmap @svc-{prefix}ips-v{n}")
-                 for n in FAMILIES]
-        rules += [Rule(f"fib daddr type local {_IP[n]} daddr != {_LOOPBACK[n]}"
-                       f" meta l4proto . th dport vmap @svc-{prefix}np-v{n}") for n in FAMILIES]
+        rules = [Rule.of(Vmap(VIP[n], f"svc-{prefix}ips-v{n}")) for n in FAMILIES]
+        rules += [Rule.of(Match(Fib("daddr", "type"), "local"),
+                          Match(daddr(n), _LOOPBACK[n], negate=True),
+                          Vmap(PROTO_PORT, f"svc-{prefix}np-v{n}")) for n in FAMILIES]
         return tuple(rules)
 
-    from_outside = tuple(Rule(f"{_IP[n]} daddr @svc-cips-v{n} {MARK} {_IP[n]} daddr"
-                              f" . meta l4proto . th dport vmap @svc-ips-v{n}",
-                              "clusterIP from outside") for n in FAMILIES)
-    post = [Rule(f"meta mark and {MASQ_MARK:#010x} != 0 meta mark set meta mark and"
-                 f" {~MASQ_MARK & 0xffffffff:#010x} masquerade fully-random", "masquerade")]
-    post += [Rule(f"ct status dnat {_IP[n]} saddr . {_IP[n]} daddr @svc-hairpin-v{n}"
-                  " masquerade", "hairpin") for n in FAMILIES]
-    checks = [Rule(f"{_IP[n]} daddr . meta l4proto . th dport vmap @svc-noep-v{n}")
-              for n in FAMILIES]
-    checks += [Rule(f"{_IP[n]} daddr @svc-cips-v{n} {REJECT}") for n in FAMILIES]
+    from_outside = tuple(Rule.of(Match(daddr(n), SetRef(f"svc-cips-v{n}")), MARK,
+                                 Vmap(VIP[n], f"svc-ips-v{n}"), comment="clusterIP from outside")
+                         for n in FAMILIES)
+    marked = Match(Bitwise(META_MARK, "and", Hex(MASQ_MARK)), 0, negate=True)
+    unmark = MetaSet("mark", Bitwise(META_MARK, "and", Hex(~MASQ_MARK & 0xffffffff)))
+    post = [Rule.of(marked, unmark, Masquerade(fully_random=True), comment="masquerade")]
+    post += [Rule.of(Match(Ct("status"), "dnat"),
+                     Match(Concat((saddr(n), daddr(n))), SetRef(f"svc-hairpin-v{n}")),
+                     Masquerade(), comment="hairpin") for n in FAMILIES]
+    checks = [Rule.of(Vmap(VIP[n], f"svc-noep-v{n}")) for n in FAMILIES]
+    checks += [Rule.of(Match(daddr(n), SetRef(f"svc-cips-v{n}")), REJECT) for n in FAMILIES]
     return [
-        Chain("svc-pre", (Rule(f'iifname "{VETH_PREFIX}*" goto svc-int', "from local pods"),
-                          Rule("goto svc-ext"))),
+        Chain("svc-pre", (Rule.of(Match(IIFNAME, Quoted(VETH_GLOB)),
+                                  Goto("svc-int"), comment="from local pods"),
+                          Rule.of(Goto("svc-ext")))),
         Chain("svc-int", lookups("")),
         Chain("svc-ext", (*lookups("x"), *from_outside)),
         Chain("svc-post", tuple(post)),
         Chain("svc-filter", tuple(checks)),
         # input: the destination is local (a nodePort, or an externalIP the node holds),
         # so the nodePort check needs no fib lookup
-        Chain("svc-filter-in", (*checks[:2], *(Rule(
-            f"meta nfproto {_NFPROTO[n]} meta l4proto . th dport vmap @svc-noepnp-v{n}")
-            for n in FAMILIES))),
-        Chain("svc-reject", (Rule("meta l4proto tcp reject with tcp reset", "no endpoints"),
-                             Rule("reject", "no endpoints"))),
+        Chain("svc-filter-in", (*checks[:2], *(
+            Rule.of(NFPROTO[n], Vmap(PROTO_PORT, f"svc-noepnp-v{n}")) for n in FAMILIES))),
+        Chain("svc-reject", (Rule.of(Match(L4PROTO, "tcp"), Reject(tcp_reset=True),
+                                     comment="no endpoints"),
+                             Rule.of(Reject(), comment="no endpoints"))),
     ]
 
 
@@ -289,16 +347,22 @@ def _count_chains(counts: frozenset[tuple[str, int]]) -> list[Chain]:
     for kind, k in sorted(counts):
         name = f"svc-{kind}{k}"
         if kind.startswith("m-"):
-            chains.append(Chain(name, (Rule(MARK, "masquerade"), Rule(f"goto svc-{kind[2:]}{k}"))))
+            chains.append(Chain(name, (Rule.of(MARK, comment="masquerade"),
+                                       Rule.of(Goto(f"svc-{kind[2:]}{k}")))))
             continue
         nodeport = kind.endswith("np-n")
         slots = f"svc-{'x' if kind.startswith('x-') else ''}{'np' if nodeport else ''}eps"
-        rules = []
-        for n in FAMILIES:
-            key = "" if nodeport else f"{_IP[n]} daddr . "
-            rules.append(Rule(f"meta nfproto {_NFPROTO[n]} {L4} dnat {_IP[n]} to {key}meta"
-                              f" l4proto . th dport . numgen random mod {k} map @{slots}-v{n}"))
-        chains.append(Chain(name, tuple(rules)))
+        chains.append(Chain(name, tuple(
+            Rule.of(NFPROTO[n], L4, Dnat(n, MapLookup(
+                Concat((*(PROTO_PORT if nodeport else VIP[n]).items, Numgen(k))),
+                f"{slots}-v{n}")))
+            for n in FAMILIES)))
     # An m- chain jumps to its plain twin, which must exist even if no service uses it directly.
     plain = frozenset((kind[2:], k) for kind, k in counts if kind.startswith("m-")) - counts
     return chains + (_count_chains(plain) if plain else [])
+
+
+# The same on every node and every pass: built once.
+_MAP_TYPES = _map_types()
+_HOOKS = _hooks()
+_FIXED_CHAINS = _fixed_chains()

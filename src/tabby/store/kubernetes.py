@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -55,34 +54,30 @@ from kubernetes import config as kconfig
 from kubernetes.config.config_exception import ConfigException
 
 from tabby.errors import (
-    Compacted,
     ConfigError,
     Conflict,
-    FieldError,
-    Forbidden,
     NotFound,
     StoreError,
     Unavailable,
-    ValidationError,
 )
 from tabby.store.base import Item, Key, ListResult, Store, Value, Watch
+from tabby.store.kubeapi import (
+    APIError,
+    Json,
+    body_of,
+    describe,
+    error_for,
+    item_of,
+    key_of,
+    never_sent,
+)
 from tabby.store.kuberesources import APIResource, default_resources
+from tabby.store.kubewatch import KubernetesWatch
 
 __all__ = ["APIError", "KubernetesStore", "api_client"]
 
 T = TypeVar("T")
-Json = dict[str, Any]
-SERVER_FIELDS = ("managedFields", "resourceVersion", "generation", "selfLink")
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
-
-
-class APIError(StoreError):
-    """The API server answered with an error status (kept with its code)."""
-
-    def __init__(self, status: int, message: str, body: Json | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.body = body or {}
 
 
 def api_client(kubeconfig: str | None, *, pool_size: int = 64) -> kclient.ApiClient:
@@ -175,10 +170,10 @@ class KubernetesStore(Store):
                     raise
                 last = str(e)
             except (urllib3.exceptions.HTTPError, OSError) as e:
-                if not (idempotent or _never_sent(e)) or time.monotonic() + delay > deadline:
-                    raise Unavailable(f"kubernetes datastore: {what}: {_describe(e)}; is the"
+                if not (idempotent or never_sent(e)) or time.monotonic() + delay > deadline:
+                    raise Unavailable(f"kubernetes datastore: {what}: {describe(e)}; is the"
                                       " API server up?") from e
-                last = _describe(e)
+                last = describe(e)
             if self._closed:
                 raise Unavailable(f"kubernetes datastore: {what}: closed ({last})")
             time.sleep(delay)
@@ -189,7 +184,7 @@ class KubernetesStore(Store):
     def get(self, key: Key) -> Item:
         res = self.resource(key.resource)
         obj = self.request("GET", res.item(key.namespace, key.name), what=f"get {key}")
-        return _item(key, obj)
+        return item_of(key, obj)
 
     def list(self, resource: str, namespace: str | None = None, prefix: str = "") -> ListResult:
         res = self.resources.get(resource)
@@ -212,11 +207,11 @@ class KubernetesStore(Store):
                 # A list's items carry no apiVersion and kind of their own.
                 obj.setdefault("apiVersion", res.api_version)
                 obj.setdefault("kind", res.kind)
-                key = _key_of(resource, obj)
+                key = key_of(resource, obj)
                 if namespace is not None and key.namespace != namespace:
                     continue
                 if key.name.startswith(prefix):
-                    items.append(_item(key, obj))
+                    items.append(item_of(key, obj))
             token = meta.get("continue")
             if not token:
                 break
@@ -231,10 +226,10 @@ class KubernetesStore(Store):
 
     def create(self, key: Key, value: Value) -> Item:
         res = self.resource(key.resource)
-        body = _body(res, key, value)
+        body = body_of(res, key, value)
         obj = self.request("POST", res.collection(key.namespace), body=body,
                            query={"fieldValidation": "Strict"}, what=f"create {key}")
-        return _item(key, obj)
+        return item_of(key, obj)
 
     def update(self, key: Key, value: Value, revision: int) -> Item:
         return self._put(key, value, revision, status=False)
@@ -246,7 +241,7 @@ class KubernetesStore(Store):
 
     def _put(self, key: Key, value: Value, revision: int, *, status: bool) -> Item:
         res = self.resource(key.resource)
-        body = _body(res, key, value)
+        body = body_of(res, key, value)
         body["metadata"]["resourceVersion"] = str(revision)
         path = res.item(key.namespace, key.name) + ("/status" if status else "")
         try:
@@ -257,7 +252,7 @@ class KubernetesStore(Store):
                 self.get(key)  # NotFound if absent; else a stale revision
                 raise Conflict(f"{key} changed (expected revision {revision})") from e
             raise
-        return _item(key, obj)
+        return item_of(key, obj)
 
     def delete(self, key: Key, revision: int | None = None) -> Item:
         """DELETE with a resourceVersion precondition. The API server answers a custom
@@ -283,7 +278,7 @@ class KubernetesStore(Store):
                 continue  # it moved between our read and the delete: read again
             if obj.get("kind") == "Status":
                 return Item(key, current.value, current.revision + 1, 0)
-            return _item(key, obj)
+            return item_of(key, obj)
         raise Conflict(f"{key}: kept changing under us; try again")
 
     # -- watch ------------------------------------------------------------------------
@@ -293,7 +288,6 @@ class KubernetesStore(Store):
                                start_revision)
 
     def watch_many(self, resources: Iterable[str], start_revision: int) -> Watch:
-        from tabby.store.kubewatch import KubernetesWatch
         names = sorted(set(resources))
         w = KubernetesWatch(self, [(n, self.resource(n)) for n in names], start_revision)
         with self._lock:
@@ -309,93 +303,3 @@ class KubernetesStore(Store):
             w.close()
         with contextlib.suppress(Exception):
             self.api.close()  # type: ignore[no-untyped-call]
-
-
-# -- values ------------------------------------------------------------------------------
-
-def _key_of(resource: str, obj: Json) -> Key:
-    meta = obj.get("metadata") or {}
-    return Key(resource, str(meta.get("namespace") or ""), str(meta.get("name") or ""))
-
-
-def _item(key: Key, obj: Json) -> Item:
-    meta = obj.get("metadata") or {}
-    revision = int(meta.get("resourceVersion") or 0)
-    return Item(key, served_value(obj), revision, 0)
-
-
-def served_value(obj: Json) -> Json:
-    """The object as tabby keeps it: less the server's bookkeeping fields."""
-    meta = obj.get("metadata")
-    if not isinstance(meta, dict):
-        return obj
-    out = dict(obj)
-    out["metadata"] = {k: v for k, v in meta.items() if k not in SERVER_FIELDS}
-    return out
-
-
-def _body(res: APIResource, key: Key, value: Value) -> Json:
-    body: Json = dict(value)
-    meta = dict(body.get("metadata") or {})
-    for name in (*SERVER_FIELDS, "uid", "creationTimestamp", "deletionTimestamp"):
-        meta.pop(name, None)
-    meta["name"] = key.name
-    if res.namespaced:
-        meta["namespace"] = key.namespace
-    else:
-        meta.pop("namespace", None)
-    body["metadata"] = meta
-    body["apiVersion"] = res.api_version
-    body["kind"] = res.kind
-    return body
-
-
-# -- errors ------------------------------------------------------------------------------
-
-def error_for(status: int, data: bytes | str | None, what: str) -> StoreError | ValidationError:
-    """The error of an API server answer with ``status`` and body ``data`` (a Status
-    object, usually), in tabby's tree, naming ``what`` was asked."""
-    if isinstance(data, str):
-        data = data.encode()
-    data = data or b""
-    try:
-        doc: Json = json.loads(data) if data else {}
-    except ValueError:
-        doc = {"message": data[:300].decode(errors="replace")}
-    message = str(doc.get("message") or f"HTTP {status}")
-    if status == 404:
-        return NotFound(f"{what}: {message}")
-    if status == 409:
-        return Conflict(f"{what}: {message}")
-    if status == 410:
-        return Compacted(f"{what}: {message}")
-    if status in (401, 403):
-        return Forbidden(f"{what}: {message}")
-    if status == 422:
-        details = doc.get("details") or {}
-        causes = details.get("causes") or []
-        name = f"{details.get('kind', '')}/{details.get('name', '')}".strip("/")
-        errors = [FieldError(str(c.get("field") or ""), str(c.get("message") or ""))
-                  for c in causes] or [FieldError("", message)]
-        return ValidationError(name or what, errors)
-    if status == 400 and "strict decoding error" in message:
-        fields = _UNKNOWN_FIELD.findall(message) + _DUPLICATE_FIELD.findall(message)
-        return ValidationError(what, [FieldError(f, "unknown field (the API server's schema"
-                                                 " has no such field)") for f in fields]
-                               or [FieldError("", message)])
-    return APIError(status, f"{what}: {message}", doc)
-
-
-_UNKNOWN_FIELD = re.compile(r'unknown field "([^"]+)"')
-_DUPLICATE_FIELD = re.compile(r'duplicate field "([^"]+)"')
-
-
-def _never_sent(e: Exception) -> bool:
-    """A connection that was never made: safe to retry even a write."""
-    text = repr(e)
-    return "NewConnectionError" in text or "Connection refused" in text
-
-
-def _describe(e: Exception) -> str:
-    reason = getattr(e, "reason", None)
-    return str(reason or e)[:300]

@@ -19,21 +19,33 @@ import json
 import logging
 import threading
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import urllib3
 
 from tabby.errors import Compacted, StoreError, Unavailable
 from tabby.store.base import Event, QueuedWatch
+from tabby.store.kubeapi import error_for, key_of, served_value
 from tabby.store.kuberesources import APIResource
-from tabby.store.kubernetes import KubernetesStore, _key_of, error_for, served_value
 
 log = logging.getLogger(__name__)
 Json = dict[str, Any]
 
 
+class WatchedStore(Protocol):
+    """What a watch needs of its store (``KubernetesStore``): its timeouts and requests."""
+
+    op_timeout: float
+    request_timeout: float
+    watch_timeout: int
+
+    def send(self, method: str, path: str, *, query: Mapping[str, str] | None = None,
+             body: Json | None = None, timeout: tuple[float, float] | None = None) -> Any: ...
+
+
 class KubernetesWatch(QueuedWatch):
-    def __init__(self, store: KubernetesStore, resources: list[tuple[str, APIResource]],
+    def __init__(self, store: WatchedStore, resources: list[tuple[str, APIResource]],
                  start_revision: int) -> None:
         super().__init__()
         self._store = store
@@ -154,7 +166,7 @@ class _Reader:
         revision = int(rv)
         if revision < self.start:
             return None
-        key = _key_of(self.name, obj)
+        key = key_of(self.name, obj)
         if kind == "DELETED":
             return Event("DELETE", key, served_value(obj), revision)
         return Event("PUT", key, served_value(obj), revision)

@@ -59,9 +59,10 @@ def _private_file(path: Path) -> None:
     """The store holds secrets (BGP passwords): a new store's directory and file
     (and SQLite's -wal and -shm beside it, which take the file's mode) are
     owner-only. An existing file keeps the mode its owner gave it."""
-    if not path.parent.exists():
-        path.parent.mkdir(parents=True, mode=0o700)
-    if not path.exists():
+    # Several processes may open a new store at once: whoever creates the directory
+    # or the file first wins, and the others find it there.
+    path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 

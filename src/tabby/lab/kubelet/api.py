@@ -3,7 +3,7 @@
 ``KubeApi`` wraps the official client (its kubeconfig handling and TLS): JSON
 dicts in and out (``_preload_content=False``), and the API server's refusals
 turned into tabby's error tree by the Kubernetes store's own mapping
-(``tabby.store.kubernetes.error_for``: 404 NotFound, 409 Conflict, 410
+(``tabby.store.kubeapi.error_for``: 404 NotFound, 409 Conflict, 410
 Compacted, 403 Forbidden, ...), with no answer or a 5xx as Unavailable, each
 naming the call and the server's message.
 
@@ -29,7 +29,7 @@ from kubernetes.watch.watch import iter_resp_lines
 from tabby.errors import ConfigError, TabbyError, Unavailable
 from tabby.kube.binaries import KUBERNETES_VERSION
 from tabby.lab.kubelet.documents import LEASE_NAMESPACE, Json, Key
-from tabby.store.kubernetes import APIError, error_for
+from tabby.store.kubeapi import APIError, error_for
 
 __all__ = ["KubeApi", "WorkQueue"]
 
