@@ -46,7 +46,7 @@ def policy_log_prefix(policy_key: str, direction: str, index: int) -> str:
     return f"tabby {policy_key} {direction} {index}: "
 
 
-def policy_rule_comment(display: str, direction: str, index: int, peer: str | None) -> str:
+def policy_rule_comment(display: str, direction: str, index: int, peer: int | None) -> str:
     """The nft comment of a rendered policy rule: which policy, which rule of it."""
     suffix = f" peer {peer}" if peer is not None else ""
     return f"{display} {direction} rule {index}{suffix}"

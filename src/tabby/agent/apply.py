@@ -19,6 +19,7 @@ part failing does not stop the others. A part the calculator could not compute
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tabby.bgp.controller import BirdController
@@ -44,12 +45,14 @@ class NodeApplier:
     def __init__(self, counts: CallCounts, *, bird: BirdController | None = None,
                  links: VxlanReconciler | None = None, nft: NftReconciler | None = None,
                  routes: RouteReconciler | None = None,
-                 sysctls: SysctlReconciler | None = None) -> None:
+                 sysctls: SysctlReconciler | None = None,
+                 ipip: Callable[[], bool] = ipip_supported) -> None:
         self.links = links or VxlanReconciler(counts)
         self.nft = nft or NftReconciler()
         self.bird = bird
         self.routes = routes or RouteReconciler(counts)
         self.sysctls = sysctls or SysctlReconciler(counts)
+        self.ipip = ipip  # can this kernel make IPIP links (a probe, cached)
         self._notes: tuple[str, ...] = ()
 
     def apply(self, desired: DesiredState, *, full: bool) -> Applied:
@@ -88,7 +91,7 @@ class NodeApplier:
         """Pools asking for IPIP on a kernel without it: said once in the log, and kept
         in ``health_notes`` (CNI ADD refuses pods from such pools)."""
         pools = desired.ipip_pools
-        notes = tuple(refusal(p) for p in pools) if pools and not ipip_supported() else ()
+        notes = tuple(refusal(p) for p in pools) if pools and not self.ipip() else ()
         for note in notes:
             if note not in self._notes:
                 log.error("%s", note)

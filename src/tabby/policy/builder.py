@@ -16,6 +16,7 @@ import hashlib
 from collections.abc import Callable
 from typing import Any
 
+from tabby.marks import policy_log_prefix, policy_rule_comment
 from tabby.nft.model import Chain, NftSet, Rule
 from tabby.policy.compile import CompiledPolicy
 from tabby.policy.index import GNETSET, NETSET
@@ -174,9 +175,8 @@ class Builder:
         ref = c.policy.ref
         rules: list[Rule] = []
         for r in c.rules(direction):
-            peer = f" peer {r.origin.peer}" if r.origin.peer is not None else ""
-            comment = f"{ref.display} {direction} rule {r.origin.index}{peer}"
-            prefix = f"tabby {ref.key} {direction} {r.origin.index}: "
+            comment = policy_rule_comment(ref.display, direction, r.origin.index, r.origin.peer)
+            prefix = policy_log_prefix(ref.key, direction, r.origin.index)
             rules += render_rule(r, names, comment, untracked=untracked, log_prefix=prefix)
         return Chain(name, tuple(rules))
 
