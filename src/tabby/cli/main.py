@@ -12,9 +12,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+import tabby
 from tabby.errors import TabbyError, ValidationError
 
-SUBCOMMANDS = ("resources", "ipam", "agent", "controllers", "lab", "node", "policy")
+SUBCOMMANDS = ("resources", "ipam", "agent", "controllers", "lab", "node", "policy",
+               "manifests", "installcni", "version")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "sqlite:///var/lib/tabby/tabby.db)")
     parser.add_argument("--lab", metavar="NAME",
                         help="the lab to act on (default: $TABBY_LAB, else 'tabby')")
+    parser.add_argument("--version", action="version", version=f"tabby {tabby.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     import importlib
     for name in SUBCOMMANDS:
