@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from tabby.calc.route import Route, borrowed_addresses, live_blocks
 from tabby.marks import VXLAN_DEVICES, tunnel_handle
 from tabby.model import IPPool, Node
+from tabby.nft.expr import Match, Notrack, Payload, SetRef, daddr, saddr
 from tabby.nft.model import HookEntry, NftSet, Rule, Ruleset
 from tabby.snapshot import Snapshot
 
@@ -57,6 +58,7 @@ IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 DEVICES = VXLAN_DEVICES
 VNI = {4: 4096, 6: 6096}
 PORT = 4789
+UDP_DPORT = Payload("udp", "dport")
 OVERHEAD = {4: 50, 6: 70}  # outer IP + UDP + VXLAN + inner Ethernet header
 TUNNEL_TYPE = {4: "vxlanTunnelAddress", 6: "vxlanV6TunnelAddress"}
 
@@ -277,14 +279,15 @@ def vxlan_nft_part(devices: Iterable[VxlanDevice]) -> Ruleset:
         peers = frozenset(str(e.dst) for e in device.fdb)
         if not peers:
             continue
-        match = "ip" if device.version == 4 else "ip6"
         name = f"vxlan-peers-v{device.version}"
         sets.append(NftSet(name, "ipv4_addr" if device.version == 4 else "ipv6_addr", peers,
                            comment="VXLAN peers' fabric addresses"))
         comment = f"{device.name}: tunnel packets need no conntrack"
         hooks += [
-            HookEntry("raw-prerouting", 50, Rule(
-                f"{match} saddr @{name} udp dport {device.port} notrack", comment)),
-            HookEntry("raw-output", 50, Rule(
-                f"{match} daddr @{name} udp dport {device.port} notrack", comment))]
+            HookEntry("raw-prerouting", 50, Rule.of(
+                Match(saddr(device.version), SetRef(name)), Match(UDP_DPORT, device.port),
+                Notrack(), comment=comment)),
+            HookEntry("raw-output", 50, Rule.of(
+                Match(daddr(device.version), SetRef(name)), Match(UDP_DPORT, device.port),
+                Notrack(), comment=comment))]
     return Ruleset.of(sets=sets, hooks=hooks)

@@ -17,7 +17,7 @@ The vocabulary, by role (every class a frozen value; ``text`` renders any of the
     statements   MetaSet("mark", expr)  Masquerade(fully_random)  Dnat(family, to)
                  with to = Endpoint(addr, port) or MapLookup(key, map)
                  Update(set, key, timeout)  Vmap(key, map)  InlineVmap(key, entries)
-                 Reject(tcp_reset)
+                 Reject(tcp_reset)  Notrack()
     verdicts     Goto(chain)  Jump(chain)  Return()  Drop()
 
 Names of sets, maps and chains stay plain strings. Only what tabby writes is
@@ -42,8 +42,8 @@ Literal = str | int | IPAddress | IPNetwork
 __all__ = [
     "IIFNAME", "TH_DPORT", "AnonSet", "Bitwise", "Concat", "Ct", "Dnat", "Drop", "Endpoint",
     "Expr", "Fib", "Goto", "Hex", "InlineVmap", "Jump", "Literal", "MapLookup", "Masquerade",
-    "Match", "Meta", "MetaSet", "Numgen", "Operand", "Payload", "Quoted", "Reject", "Renderable",
-    "Return", "SetRef", "Statement", "Term", "Typeof", "Update", "Verdict", "Vmap", "body_text",
+    "Match", "Meta", "MetaSet", "Notrack", "Numgen", "Operand", "Payload", "Quoted", "Reject",
+    "Renderable", "Return", "SetRef", "Statement", "Term", "Typeof", "Update", "Verdict", "Vmap", "body_text",
     "daddr", "element", "saddr", "text",
 ]
 
@@ -265,7 +265,12 @@ class Update:
     timeout: int  # seconds
 
 
-Statement = Reject | Masquerade | MetaSet | Dnat | Vmap | InlineVmap | Update
+@dataclass(frozen=True, slots=True)
+class Notrack:
+    """``notrack``: the packet bypasses conntrack (raw hooks only)."""
+
+
+Statement = Reject | Masquerade | MetaSet | Dnat | Vmap | InlineVmap | Update | Notrack
 Term = Match | Statement | Verdict
 Renderable = Term | Expr | Operand | Typeof | Endpoint | MapLookup
 
@@ -297,6 +302,8 @@ def text(term: Renderable) -> str:
             return "return"
         case Drop():
             return "drop"
+        case Notrack():
+            return "notrack"
         case Vmap(key, name):
             return f"{text(key)} vmap @{name}"
         case InlineVmap(key, entries):
