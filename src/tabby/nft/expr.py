@@ -43,8 +43,8 @@ __all__ = [
     "IIFNAME", "TH_DPORT", "AnonSet", "Bitwise", "Concat", "Ct", "Dnat", "Drop", "Endpoint",
     "Expr", "Fib", "Goto", "Hex", "InlineVmap", "Jump", "Literal", "MapLookup", "Masquerade",
     "Match", "Meta", "MetaSet", "Notrack", "Numgen", "Operand", "Payload", "Quoted", "Reject",
-    "Renderable", "Return", "SetRef", "Statement", "Term", "Typeof", "Update", "Verdict", "Vmap", "body_text",
-    "daddr", "element", "saddr", "text",
+    "Renderable", "Return", "SetRef", "Statement", "Term", "Typeof", "Update", "Verdict", "Vmap",
+    "body_text", "daddr", "element", "saddr", "text",
 ]
 
 
