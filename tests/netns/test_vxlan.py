@@ -221,6 +221,50 @@ def test_nat_outgoing_shows_the_node_address_outside(tx1: LabPods, outside: None
     assert "masquerade" in ruleset
 
 
+HOSTS_EXCLUDED = """apiVersion: projectcalico.org/v3
+kind: FelixConfiguration
+metadata: {name: default}
+spec: {natOutgoingExclusions: IPPoolsAndHostIPs}
+"""
+
+
+def test_nat_outgoing_exclusions_keep_the_pod_address_towards_nodes(tx1: LabPods) -> None:
+    """IPPoolsOnly (the default): another node sees pod traffic from node-1's address, so
+    its host endpoint policy cannot tell pods from the node; IPPoolsAndHostIPs: it sees the
+    pod's own address."""
+    record = require("tx1").pod("default", "a")
+    assert record is not None
+    pod_v4 = next(str(a) for a in record.ips if a.version == 4)
+    port = ECHO_PORT + 1
+    server = subprocess.Popen(["ip", "netns", "exec", "tx1-node-2", sys.executable, "-c", ECHO,
+                               str(port)], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def seen() -> str:
+        code = ("import socket,sys\n"
+                "c=socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=3)\n"
+                "print(c.recv(100).decode())\n")
+        return system.run(["ip", "netns", "exec", record.netns, sys.executable, "-c", code,
+                           "198.18.0.12", str(port)]).strip()
+
+    def hosts_set() -> bool:
+        return "natout-v4-hosts" in system.run(
+            ["ip", "netns", "exec", "tx1-node-1", "nft", "list", "sets", "table", "inet",
+             "tabby"])
+    try:
+        wait_for("the echo server on node-2", lambda: bool(system.run(
+            ["ss", "-N", "tx1-node-2", "-Htln", f"sport = :{port}"]).strip()))
+        assert seen() == "198.18.0.11"  # masqueraded to node-1's address
+        tabby("tx1", "apply", "-f", "-", stdin=HOSTS_EXCLUDED)
+        wait_for("the host addresses in natout-v4-hosts", hosts_set)
+        assert seen() == pod_v4
+    finally:
+        tabby("tx1", "delete", "felixconfiguration", "default", check=False)
+        server.kill()  # ip netns exec execs python: this PID is the server's
+        server.wait()
+    wait_for("natout-v4-hosts to go with the setting", lambda: not hosts_set())
+
+
 # -- IPIP -----------------------------------------------------------------------------
 
 def cni_add(state: LabState, node: str, netns: str, pool: str) -> subprocess.CompletedProcess[str]:

@@ -105,6 +105,7 @@ FULL: dict[str, list[dict[str, Any]]] = {
                                           "net": "198.18.0.0/24"}, {"port": 68}],
             "failsafeOutboundHostPorts": [{"protocol": "UDP", "port": 53,
                                            "net": "fd7a:bb1e::/64"}],
+            "natOutgoingExclusions": "IPPoolsAndHostIPs",
             "logSeverityScreen": "Info", "bpfEnabled": False, "healthPort": 9099,
             "routeTableRange": {"min": 1, "max": 250}, "interfaceExclude": "kube-ipvs0"}),
     ],
@@ -403,6 +404,8 @@ def test_every_schema_field_is_emitted_or_accepted(kind: str) -> None:
      "spec.block.198.19.0.0/30"),
     ("FelixConfiguration", {"failsafeInboundHostPorts": [{"port": "ssh"}]},
      "spec.failsafeInboundHostPorts[0].port"),
+    ("FelixConfiguration", {"natOutgoingExclusions": "Everything"},
+     "spec.natOutgoingExclusions"),
 ])
 def test_invalid_objects_are_refused(kind: str, spec: dict[str, Any], path: str) -> None:
     found = problems(kind, doc(kind, "bad", spec, namespace="shop" if kind == "NetworkPolicy"

@@ -23,6 +23,7 @@ from tabby.model.schema import KindSchema, Schema, array, free_form, integer, ob
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 FAILSAFE_FIELDS = ("failsafeInboundHostPorts", "failsafeOutboundHostPorts")
+NAT_EXCLUSIONS = ("IPPoolsOnly", "IPPoolsAndHostIPs")
 
 
 
@@ -74,12 +75,18 @@ class FelixConfiguration(Resource):
         spec=obj({
             "failsafeInboundHostPorts": _failsafe_schema("Inbound"),
             "failsafeOutboundHostPorts": _failsafe_schema("Outbound"),
-        }, "Felix settings: the failsafe ports are read, the others kept as written.",
+            "natOutgoingExclusions": string(
+                "What natOutgoing leaves unmasqueraded: IPPoolsOnly (the default: traffic to"
+                " pods), or IPPoolsAndHostIPs (traffic to the nodes' addresses too).",
+                enum=NAT_EXCLUSIONS),
+        }, "Felix settings: the failsafe ports and natOutgoingExclusions are read, the others"
+           " kept as written.",
             preserve_unknown=True),
         status=free_form("Written by Calico; tabby neither writes nor reads it."))
     meta: ObjectMeta
     failsafe_inbound: tuple[ProtoPort, ...] | None = None  # None: not set here
     failsafe_outbound: tuple[ProtoPort, ...] | None = None
+    nat_outgoing_exclusions: str | None = None  # None: not set here
     raw_spec: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -88,9 +95,14 @@ class FelixConfiguration(Resource):
         f = top.map("spec")
         inbound = _ports(f, FAILSAFE_FIELDS[0])
         outbound = _ports(f, FAILSAFE_FIELDS[1])
+        exclusions = f.str("natOutgoingExclusions") or None
+        if exclusions is not None and exclusions not in NAT_EXCLUSIONS:
+            f.error("natOutgoingExclusions", f"{exclusions!r} is not one of"
+                    f" {', '.join(NAT_EXCLUSIONS)}")
         f.finish(ignore_unknown=True)  # other Felix settings are kept, not interpreted
         top.raw("status")
         return cls(meta=meta, failsafe_inbound=inbound, failsafe_outbound=outbound,
+                   nat_outgoing_exclusions=exclusions,
                    raw_spec=dict(raw) if isinstance(raw, dict) else {})
 
     def body(self) -> dict[str, Any]:
@@ -99,6 +111,8 @@ class FelixConfiguration(Resource):
                               strict=True):
             if value is not None:
                 spec[key] = [p.to_dict() for p in value]
+        if self.nat_outgoing_exclusions is not None:
+            spec["natOutgoingExclusions"] = self.nat_outgoing_exclusions
         return {"spec": spec}
 
 
@@ -141,3 +155,15 @@ def failsafe_ports(configs: tuple[FelixConfiguration, ...], node: str
         if cfg.failsafe_outbound is not None:
             outbound = cfg.failsafe_outbound
     return inbound, outbound
+
+
+def nat_outgoing_exclusions(configs: tuple[FelixConfiguration, ...], node: str) -> str:
+    """``natOutgoingExclusions`` for ``node``: ``node.<node>`` over ``default`` over
+    Calico's default, IPPoolsOnly."""
+    by_name = {c.meta.name: c for c in configs}
+    value = NAT_EXCLUSIONS[0]
+    for name in ("default", f"node.{node}"):
+        cfg = by_name.get(name)
+        if cfg is not None and cfg.nat_outgoing_exclusions is not None:
+            value = cfg.nat_outgoing_exclusions
+    return value
