@@ -11,6 +11,12 @@
     GC     tear down endpoints, handles and veths of attachments the runtime
            no longer lists
 
+Requests for one attachment (container id and interface) are served one at a
+time (``AttachmentLocks``): a runtime that sends two ADDs for
+one container at once gets the same addresses twice, never two sets, and a DEL
+never interleaves with the ADD it undoes. Requests for different attachments
+run side by side.
+
 Wiring and the endpoint write happen under the agent's dataplane lock, the
 same lock its reconcile pass holds, and the new endpoint goes straight into
 the agent's cache: a pass never sees a wired pod without its endpoint (and
@@ -22,11 +28,12 @@ once the store gives up, without holding up other requests or passes.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,10 +93,15 @@ class AgentPodHandler:
         self.mtu = mtu
         self._networks = {DEFAULT_NETWORK}  # network names seen in ADDs (GC has none)
         self._networks_lock = threading.Lock()
+        self.attachments = AttachmentLocks()
 
     # -- ADD -----------------------------------------------------------------
     def add(self, req: CNIRequest) -> PodResult:
         _require(req, "containerID", "netns", "ifname")
+        with self.attachments.held(req.container_id, req.ifname):
+            return self._add(req)
+
+    def _add(self, req: CNIRequest) -> PodResult:
         namespace, pod_name = _pod_identity(req)
         with self._networks_lock:
             self._networks.add(req.network_name)
@@ -161,7 +173,8 @@ class AgentPodHandler:
     def delete(self, req: CNIRequest) -> None:
         _require(req, "containerID", "ifname")
         namespace, pod_name = _pod_identity(req, strict=False)
-        self._teardown(req.container_id, req.ifname, (req.handle_id,), pod_name, namespace)
+        with self.attachments.held(req.container_id, req.ifname):
+            self._teardown(req.container_id, req.ifname, (req.handle_id,), pod_name, namespace)
 
     def _teardown(self, container_id: str, ifname: str, handles: Iterable[str], pod_name: str,
                   namespace: str) -> None:
@@ -337,3 +350,35 @@ def _names(value: Any) -> tuple[str, ...]:
 
 def _texts(addresses: tuple[IPAddress, ...]) -> str:
     return ", ".join(str(a) for a in addresses) or "nothing"
+
+
+class AttachmentLocks:
+    """One lock per attachment (container id, interface) while requests for it are in
+    flight; the entry goes with the last of them."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[tuple[str, str], tuple[threading.Lock, int]] = {}
+
+    @contextlib.contextmanager
+    def held(self, container_id: str, ifname: str) -> Iterator[None]:
+        key = (container_id, ifname)
+        with self._guard:
+            lock, users = self._locks.get(key, (None, 0))
+            if lock is None:
+                lock = threading.Lock()
+            self._locks[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                lock, users = self._locks[key]
+                if users == 1:
+                    del self._locks[key]
+                else:
+                    self._locks[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        with self._guard:
+            return len(self._locks)
