@@ -6,16 +6,26 @@
 validation already happened in ``from_manifest``; here come the rules that
 need the old object (immutable fields) or other objects (pools must not
 overlap). ``update`` is compare-and-swap on ``meta.resource_version``.
+
+The pool overlap rule holds under concurrent writers too. A check before the
+write alone would let two overlapping pools created at the same moment both
+pass it. So a new pool is checked again after its write, and if an
+overlapping pool was written first (a lower create revision, ties by name),
+the new one takes itself back and is refused. The later writer's re-check
+always sees the earlier one, so exactly one of two racing pools survives.
+(The Kubernetes store reports no create revision: a pool's last revision
+stands in, which is its creation in that moment's window.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from tabby.errors import Conflict, NotFound
+from tabby.errors import Conflict, NotFound, ValidationError
 from tabby.model import IPPool, Resource, check_pools
 from tabby.store.base import Item, Key, Store
 
@@ -72,7 +82,10 @@ class Client:
             meta_changes["creation_timestamp"] = _now()
         obj = obj.with_meta(**meta_changes)
         item = self.store.create(key_of(obj), to_value(obj))
-        return obj.with_meta(resource_version=str(item.revision))
+        stored = obj.with_meta(resource_version=str(item.revision))
+        if isinstance(stored, IPPool):
+            self._recheck_pool(stored, item.create_revision or item.revision)
+        return stored
 
     def update(self, obj: R, old: R | None = None) -> R:
         """CAS on ``obj.meta.resource_version``; Conflict if the object moved."""
@@ -131,6 +144,21 @@ class Client:
         admit = _ADMISSION.get(obj.KIND.resource)
         if admit is not None:
             admit(self, obj)
+
+
+    def _recheck_pool(self, pool: IPPool, mine: int) -> None:
+        """After the write: an overlapping pool written first wins; this one goes."""
+        for item in self.store.list(IPPool.KIND.resource):
+            other = from_item(IPPool, item)
+            theirs = item.create_revision or item.revision
+            if (theirs, other.meta.name) >= (mine, pool.meta.name):
+                continue
+            try:
+                check_pools(pool, [other])
+            except ValidationError:
+                with contextlib.suppress(NotFound, Conflict):
+                    self.store.delete(key_of(pool), int(pool.meta.resource_version))
+                raise
 
 
 def _admit_pool(client: Client, obj: Resource) -> None:
