@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: bootstrap demo demo-k8s test test-unit test-netns bench lint crds clean
+.PHONY: bootstrap demo demo-k8s test test-unit test-netns faults bench lint crds manifests clean
 
 bootstrap:
 	@scripts/bootstrap
@@ -14,14 +14,19 @@ demo-k8s: bootstrap
 	@$(PY) -m tabby.demo_k8s
 
 test: bootstrap
-	$(PYTEST) -q tests/unit tests/golden
+	$(PYTEST) -q tests/unit tests/golden tests/faults
 	$(PYTEST) -q tests/netns
 
 test-unit: bootstrap
-	$(PYTEST) -q tests/unit tests/golden
+	$(PYTEST) -q tests/unit tests/golden tests/faults
 
 test-netns: bootstrap
 	$(PYTEST) -q tests/netns
+
+# The fault and bad-input suite in full (make test runs a slice of it): seeded, prints
+# tried/held/lost per test. TABBY_FAULTS_SEED=S replays a run.
+faults: bootstrap
+	TABBY_FAULTS_N=$${TABBY_FAULTS_N:-1000} $(PYTEST) -q -s tests/faults
 
 bench: bootstrap
 	$(PY) -m bench
@@ -29,6 +34,10 @@ bench: bootstrap
 # tabby's CustomResourceDefinitions, generated from the model (tests/unit/test_crds.py checks).
 crds: bootstrap
 	$(PY) -m tabby.kube.crds > manifests/crds.yaml
+
+# tabby's install for a cluster, `tabby manifests` with its defaults (tests/unit/test_manifests.py checks).
+manifests: bootstrap
+	$(PY) -m tabby.cli.main manifests > manifests/tabby.yaml
 
 lint: bootstrap
 	.venv/bin/ruff check src tests bench

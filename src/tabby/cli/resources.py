@@ -82,9 +82,27 @@ def read_documents(paths: list[str], stdin: TextIO | None = None) -> Iterator[tu
             yield f"{path}[{index}]", doc
 
 
+MAX_DEPTH = 100  # nesting levels a document may have (no tabby resource needs 20)
+
+
 class StrictLoader(yaml.SafeLoader):
     """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps
-    the last silently; kubectl refuses it too)."""
+    the last silently; kubectl refuses it too) and a document nested more than
+    ``MAX_DEPTH`` levels deep (PyYAML builds nodes recursively: thousands of ``[``
+    would end in a RecursionError)."""
+
+    depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested more than {MAX_DEPTH} levels deep",
+                    self.peek_event().start_mark)  # type: ignore[no-untyped-call]
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
@@ -216,16 +234,25 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 # -- delete --------------------------------------------------------------------
 
-def _release_node_blocks(client: Client, node: str, errors: list[str]) -> tuple[object, ...]:
-    """A deleted node's blocks go back to the pools (what Calico's node controller does):
-    empty blocks are deleted, blocks still holding addresses lose their affinity."""
-    from tabby.ipam import IPAM
+def delete_node(client: Client, name: str) -> list[str]:
+    """``tabby delete node NAME``: the node's endpoints, addresses, block affinities and
+    Node (``tabby.kube.nodecleanup.clean_node``, what the node controller does when a
+    Kubernetes Node goes). NotFound if there is no such Node; the lines to print."""
+    from tabby.kube.nodecleanup import clean_node
+    client.get(Node, name)
     try:
-        return tuple(IPAM(client).release_node(node))
+        done = clean_node(client, name)
     except TabbyError as exc:
-        errors.append(f"node/{node}: deleted, but releasing its IPAM blocks failed: {exc}"
-                      " (tabby ipam check shows them)")
-        return ()
+        raise TabbyError(f"cleaning up failed: {exc} (the Node stays: delete it again to"
+                         " finish; tabby ipam check shows what is left)") from exc
+    lines = [f"node/{name} deleted"]
+    if done.endpoints:
+        lines.append(f"deleted {len(done.endpoints)} workload endpoints of node {name}")
+    if done.addresses:
+        lines.append(f"released {len(done.addresses)} addresses of node {name}")
+    if done.blocks:
+        lines.append(f"released {len(done.blocks)} IPAM block affinities of node {name}")
+    return lines
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
@@ -244,8 +271,11 @@ def cmd_delete(args: argparse.Namespace) -> int:
     lab = wiring_lab(args)
     for cls, name, ns in targets:
         label = f"{cls.KIND.kind.lower()}/{name}"
+        lines = [f"{label} deleted"]
         try:
-            if lab is not None and cls is Service:
+            if cls is Node:
+                lines = delete_node(client, name)
+            elif lab is not None and cls is Service:
                 from tabby.lab import services as lab_services
                 lab_services.delete_service(lab, client, ns, name)  # type: ignore[arg-type]
             elif lab is not None and cls in (Pod, Namespace):
@@ -263,11 +293,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
         except TabbyError as exc:
             errors.append(f"{label}: {exc}")
             continue
-        print(f"{label} deleted")
-        if cls is Node:
-            released = _release_node_blocks(client, name, errors)
-            if released:
-                print(f"released {len(released)} IPAM block affinities of node {name}")
+        print("\n".join(lines))
     for line in errors:
         print(f"error: {line}", file=sys.stderr)
     return 1 if errors else 0

@@ -24,6 +24,7 @@ from tabby.model.schema import KindSchema, Schema, array, free_form, integer, ob
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 FAILSAFE_FIELDS = ("failsafeInboundHostPorts", "failsafeOutboundHostPorts")
 NAT_EXCLUSIONS = ("IPPoolsOnly", "IPPoolsAndHostIPs")
+_READ = frozenset((*FAILSAFE_FIELDS, "natOutgoingExclusions"))  # kept typed, not in raw_spec
 
 
 
@@ -103,7 +104,8 @@ class FelixConfiguration(Resource):
         top.raw("status")
         return cls(meta=meta, failsafe_inbound=inbound, failsafe_outbound=outbound,
                    nat_outgoing_exclusions=exclusions,
-                   raw_spec=dict(raw) if isinstance(raw, dict) else {})
+                   raw_spec={k: v for k, v in raw.items() if k not in _READ}
+                   if isinstance(raw, dict) else {})
 
     def body(self) -> dict[str, Any]:
         spec = dict(self.raw_spec)

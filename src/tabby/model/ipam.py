@@ -116,10 +116,10 @@ class IPAMBlock(Resource):
             f.error("cidr", f"{text!r} is not a CIDR")
             cidr = ipaddress.ip_network("0.0.0.0/32")
         size = cidr.num_addresses
-        allocations = tuple(a if isinstance(a, int) else None for a in (f.raw("allocations") or []))
+        allocations = tuple(a if type(a) is int else None for a in _list(f, "allocations"))
         if len(allocations) != size:
             f.error("allocations", f"has {len(allocations)} entries, the block has {size}")
-        unallocated = tuple(int(x) for x in (f.raw("unallocated") or []))
+        unallocated = _ints(f, "unallocated")
         attributes = []
         for path, item in f.list("attributes"):
             fast = _attribute(item)  # blocks are read on every allocation: skip Fields if sound
@@ -262,7 +262,11 @@ class IPAMHandle(Resource):
     def parse_body(cls, meta: ObjectMeta, top: Fields) -> Self:
         f = top.map("spec")
         raw = f.raw("block") or {}
-        blocks = tuple(sorted((str(k), int(v)) for k, v in dict(raw).items()))
+        try:
+            blocks = tuple(sorted((str(k), _int(v)) for k, v in dict(raw).items()))
+        except (TypeError, ValueError):
+            f.error("block", "must map block CIDRs to allocation counts (integers)")
+            blocks = ()
         spec = IPAMHandleSpec(handle_id=f.str("handleID", required=True), blocks=blocks)
         f.raw("deleted")
         f.finish()
@@ -332,3 +336,31 @@ class IPAMConfiguration(Resource):
         return {"spec": {"strictAffinity": s.strict_affinity,
                          "autoAllocateBlocks": s.auto_allocate_blocks,
                          "maxBlocksPerHost": s.max_blocks_per_host}}
+
+
+def _list(f: Fields, name: str) -> list[Any]:
+    raw = f.raw(name)
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        f.error(name, f"must be a list, not {type(raw).__name__}")
+        return []
+    return raw
+
+
+def _int(value: Any) -> int:
+    """An integer, or its decimal text (as older writers stored them); else ValueError."""
+    if type(value) is int:
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    raise ValueError(value)
+
+
+def _ints(f: Fields, name: str) -> tuple[int, ...]:
+    items = _list(f, name)
+    try:
+        return tuple(x if type(x) is int else _int(x) for x in items)
+    except ValueError:
+        f.error(name, "must be a list of integers")
+        return ()

@@ -108,9 +108,8 @@ def parse_spec(f: Fields, *, global_: bool) -> PolicySpec:
     if tier not in ("", "default"):
         f.error("tier", f"{tier!r}: only the default tier exists in tabby")
     order = _order(f)
-    sel = f.str("selector").strip()
-    if sel:
-        check_selector(f, "selector", sel)
+    sel = f.str("selector").strip() or "all()"  # empty: every endpoint, as written back
+    check_selector(f, "selector", sel)
     sa_sel = f.str("serviceAccountSelector").strip()
     if sa_sel:
         check_selector(f, "serviceAccountSelector", sa_sel)
