@@ -14,8 +14,10 @@ The loop: list every kind, then follow one watch of the whole store (from
 the listed revision + 1), folding bursts of events together (a short quiet
 period, bounded). Two steps run on their own triggers: the publisher (the
 node's writes to the store, ``tabby.agent.publisher``) after a relist, an
-event or a failed run of its own, and the pass (calculate, apply) after a
-relist, an event, a write of the publisher's, or a failed pass. The pass never
+event or a failed run of its own (and, when it keeps the Node's addresses,
+every ``resync_interval``: a host's address changes unseen by the store), and
+the pass (calculate, apply) after a relist, an event, a write of the
+publisher's, or a failed pass. The pass never
 writes to the store. ``Compacted`` or a store error means list again. A
 pass is also forced every ``resync_interval`` seconds (so a route removed
 behind the agent's back comes back) and, after a failed pass, retried with
@@ -36,6 +38,7 @@ agent adopts the routes in place.
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import threading
@@ -43,6 +46,7 @@ import time
 from dataclasses import dataclass
 
 from tabby.agent.apply import NodeApplier
+from tabby.agent.autodetect import AddressPlan, HostAddresses, node_internal_ips
 from tabby.agent.cache import StoreCache
 from tabby.agent.cniserver import CNIServer
 from tabby.agent.handler import AgentPodHandler
@@ -73,6 +77,9 @@ class AgentConfig:
     max_backoff: float = 10.0
     bgp: str = "none"  # "bird": BIRD spreads the routes (remote routes are its, not ours)
     bgp_dir: str = "/run/tabby/bird"  # BIRD's config, control socket, pid file and log
+    # The Node's BGP addresses per family (--ip, --ip6): none of them (the default) leaves
+    # the Node as stored; else the publisher registers the Node and keeps them current.
+    addresses: tuple[AddressPlan, ...] = ()
 
 
 class Agent:
@@ -88,7 +95,9 @@ class Agent:
         self.calculator = NodeCalculator(NodeSettings(config.node, mtu=config.mtu,
                                                       bgp=config.bgp == "bird"))
         self.applier = NodeApplier(self.counts, bird=_bird(config))
-        self.publisher = NodePublisher(config.node, self.client, self.cache)
+        self.publisher = NodePublisher(config.node, self.client, self.cache,
+                                       addresses=_address_source(config, self.client,
+                                                                 self.counts))
         self.handler = AgentPodHandler(
             node=config.node, client=self.client, cache=self.cache,
             wirer=PodWirer(self.counts), lock=self.lock, ready=self.is_ready, mtu=config.mtu)
@@ -156,7 +165,8 @@ class Agent:
                         ok = not published.problems
                         publish_backoff = 0.0 if ok else min(max(publish_backoff * 2, 0.5),
                                                              self.config.max_backoff)
-                        next_publish = time.monotonic() + publish_backoff if not ok else _NEVER
+                        next_publish = time.monotonic() + (
+                            publish_backoff if not ok else self._publish_period())
                         if published.wrote:  # in the cache already: the pass is due
                             next_pass = time.monotonic()
                     if time.monotonic() >= next_pass:
@@ -186,6 +196,11 @@ class Agent:
                     self._stop.wait(backoff)
         finally:
             _closed(watch)
+
+    def _publish_period(self) -> float:
+        """After a clean run: the next on an event only, or also with time (a host's
+        address changes without the store hearing of it)."""
+        return self._resync_interval() if self.publisher.periodic else _NEVER
 
     def _resync_interval(self) -> float:
         return self.config.resync_interval if self.config.resync_interval > 0 else 1e9
@@ -287,6 +302,15 @@ def _bird(config: AgentConfig) -> BirdController | None:
     if config.bgp != "bird":
         return None
     return BirdController.in_directory(config.node, config.bgp_dir)
+
+
+def _address_source(config: AgentConfig, client: Client, counts: CallCounts
+                    ) -> HostAddresses | None:
+    plans = tuple(p for p in config.addresses if p.mode != "none")
+    if not plans:
+        return None
+    return HostAddresses(plans, counts=counts,
+                         internal_ips=functools.partial(node_internal_ips, client, config.node))
 
 
 def _closed(watch: Watch | None) -> None:

@@ -1,6 +1,7 @@
 """The resource model: typed, validated Kubernetes-shaped objects.
 
-Importing this package registers every kind.
+Importing this package registers every kind (``KubeNode``, Kubernetes' own Node,
+read-only, is exported but not registered: ``tabby.model.k8snode`` says why).
 """
 
 from tabby.model.base import (
@@ -30,6 +31,7 @@ from tabby.model.ipam import (
 )
 from tabby.model.ippool import IPPool, check_pools
 from tabby.model.k8s import Namespace, Pod
+from tabby.model.k8snode import KubeNode
 from tabby.model.k8spolicy import K8sNetworkPolicy
 from tabby.model.networkset import GlobalNetworkSet, NetworkSet
 from tabby.model.node import Node
@@ -55,6 +57,7 @@ __all__ = [
     "IPPool",
     "K8sNetworkPolicy",
     "KindInfo",
+    "KubeNode",
     "Namespace",
     "NetworkPolicy",
     "NetworkSet",
