@@ -80,6 +80,9 @@ class AgentConfig:
     # The Node's BGP addresses per family (--ip, --ip6): none of them (the default) leaves
     # the Node as stored; else the publisher registers the Node and keeps them current.
     addresses: tuple[AddressPlan, ...] = ()
+    # CNI ADD returns once a pass has programmed the new pod (its routes and policy), or
+    # after this many seconds; until then the pod is fail-closed (0: do not wait).
+    policy_setup_timeout: float = 2.0
 
 
 class Agent:
@@ -100,10 +103,15 @@ class Agent:
                                                                  self.counts))
         self.handler = AgentPodHandler(
             node=config.node, client=self.client, cache=self.cache,
-            wirer=PodWirer(self.counts), lock=self.lock, ready=self.is_ready, mtu=config.mtu)
+            wirer=PodWirer(self.counts), lock=self.lock, ready=self.is_ready, mtu=config.mtu,
+            programmed=self.program_now if config.policy_setup_timeout > 0 else None)
         self._ready = threading.Event()
         self._stop = threading.Event()
         self.passes = 0
+        self._sync_lock = threading.Lock()  # one pass at a time (the loop's, or an ADD's)
+        self._pass_state = threading.Condition()
+        self._started = self._done = 0  # passes started, and the last one completed
+        self._running = False
         self._last_full = 0.0  # monotonic time of the last full (kernel read-back) pass
         self._publish_full = True  # the next publisher run checks IPAM too
 
@@ -251,8 +259,43 @@ class Agent:
         return published
 
     # -- one pass ----------------------------------------------------------------
+    def program_now(self) -> bool:
+        """Make sure a pass that starts after this call completes: join the one that
+        started after it if there is one, else run one here (the CNI handler calls this
+        after writing a new endpoint, so that ADD returns with the pod programmed; an ADD
+        storm shares passes). False if that took longer than the policy setup timeout."""
+        if not self.is_ready():
+            return False
+        deadline = time.monotonic() + self.config.policy_setup_timeout
+        with self._pass_state:
+            wanted = self._started + 1
+            while self._done < wanted:
+                if not self._running:
+                    break  # nobody is on it: run it here
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._pass_state.wait(remaining)
+            else:
+                return True
+        self.sync()
+        return True
+
     def sync(self) -> bool:
         """Calculate and apply everything once; True if nothing failed."""
+        with self._sync_lock:
+            with self._pass_state:
+                self._started += 1
+                self._running = True
+            try:
+                return self._sync()
+            finally:
+                with self._pass_state:
+                    self._running = False
+                    self._done = self._started
+                    self._pass_state.notify_all()
+
+    def _sync(self) -> bool:
         started = time.monotonic()
         full = not self._last_full or started - self._last_full >= self._resync_interval()
         with self.lock:

@@ -17,6 +17,13 @@ one container at once gets the same addresses twice, never two sets, and a DEL
 never interleaves with the ADD it undoes. Requests for different attachments
 run side by side.
 
+Fail closed: a pod's veth that no pass has programmed yet is unknown to the
+nft table, which drops its traffic both ways (anti-spoofing, unknown ``tab*``
+interfaces). So ADD, once the endpoint is written, runs (or joins) a pass and
+returns when the pod's routes and policy are in place (``programmed``, bounded
+by the agent's policy setup timeout): the pod's first packet after ADD is
+already allowed by its policy, or denied by it, never by the gap.
+
 Wiring and the endpoint write happen under the agent's dataplane lock, the
 same lock its reconcile pass holds, and the new endpoint goes straight into
 the agent's cache: a pass never sees a wired pod without its endpoint (and
@@ -81,7 +88,8 @@ class Families:
 
 class AgentPodHandler:
     def __init__(self, *, node: str, client: Client, cache: StoreCache, wirer: PodWirer,
-                 lock: threading.Lock, ready: Callable[[], bool], mtu: int = 1500) -> None:
+                 lock: threading.Lock, ready: Callable[[], bool], mtu: int = 1500,
+                 programmed: Callable[[], bool] | None = None) -> None:
         self.node = node
         self.client = client
         self.ipam = IPAM(client, known_blocks=lambda: [
@@ -90,6 +98,7 @@ class AgentPodHandler:
         self.wirer = wirer
         self.lock = lock
         self.ready = ready
+        self.programmed = programmed  # runs (or joins) a pass: ADD returns programmed
         self.mtu = mtu
         self._networks = {DEFAULT_NETWORK}  # network names seen in ADDs (GC has none)
         self._networks_lock = threading.Lock()
@@ -142,6 +151,9 @@ class AgentPodHandler:
             if fresh:  # leave nothing behind for an attachment that never existed
                 self._teardown(req.container_id, req.ifname, (handle,), pod_name, namespace)
             raise
+        if self.programmed is not None and not self.programmed():
+            log.warning("pod %s/%s: not programmed within the policy setup timeout; it stays"
+                        " fail-closed until the next pass", namespace, pod_name)
         return _result(wiring, wired.pod_mac, addresses)
 
     def _labels(self, snapshot: Snapshot) -> dict[str, str]:

@@ -48,6 +48,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="pod interface MTU unless the CNI config sets one (default: 1500)")
     p.add_argument("--resync-interval", type=float, default=30.0, metavar="SECONDS",
                    help="force a full reconcile pass this often (default: 30; 0: never)")
+    p.add_argument("--policy-setup-timeout", type=float, default=2.0, metavar="SECONDS",
+                   help="CNI ADD returns once a pass has programmed the new pod's routes and"
+                        " policy, or after this long (the pod stays fail-closed until then;"
+                        " default: 2; 0: return at once, the next pass programs it)")
     p.add_argument("--bgp", choices=("none", "bird"), default="none",
                    help="how routes to other nodes' pods arrive: none (the agent writes them"
                         " from the datastore) or bird (BIRD learns them over BGP; the agent"
@@ -87,7 +91,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
     config = AgentConfig(node=node, cni_socket=args.cni_socket,
                          metrics_addr=parse_addr(args.metrics_addr), mtu=args.mtu,
                          resync_interval=args.resync_interval, bgp=args.bgp,
-                         bgp_dir=args.bgp_dir, addresses=addresses)
+                         bgp_dir=args.bgp_dir, addresses=addresses,
+                         policy_setup_timeout=args.policy_setup_timeout)
     store = open_store(store_url(args.datastore))
     try:
         if any(p.mode == "autodetect" and p.method.kind == "kubernetes-internal-ip"
