@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tabby.cni import install
 from tabby.cni.runtime import ConfList, Invocation, Runtime, exec_plugin, netns_exec
 from tabby.errors import TabbyError
 from tabby.lab.state import NodeRecord
@@ -24,17 +25,9 @@ PORTMAP = Path("/usr/lib/cni/portmap")
 
 def cni_conflist(socket: Path, mtu: int, *, portmap_version: str | None,
                  ) -> dict[str, Any]:
-    """The conflist a runtime on a lab node uses: tabby-cni, then portmap (for
-    hostPorts) when the reference plugin is installed. The list's cniVersion is
-    the newest both speak: Debian's reference plugins 1.1.1 stop at 1.0.0, so
-    with portmap the chain runs at 1.0.0 (tabby-cni answers any version)."""
-    plugins: list[dict[str, Any]] = [{"type": "tabby-cni", "socket": str(socket), "mtu": mtu}]
-    version = CNI_VERSION
-    if portmap_version is not None:
-        version = portmap_version
-        plugins.append({"type": "portmap", "capabilities": {"portMappings": True},
-                        "snat": True})
-    return {"cniVersion": version, "name": NETWORK, "plugins": plugins}
+    """The conflist a runtime on a lab node uses: the one ``tabby install-cni`` writes
+    on a cluster (tabby-cni, then portmap for hostPorts when installed)."""
+    return install.conflist(NETWORK, socket, mtu, portmap_version=portmap_version)
 
 
 def portmap_version(binary: Path = PORTMAP) -> str | None:
