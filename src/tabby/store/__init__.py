@@ -2,13 +2,24 @@
 
     memory://                       in-process (tests)
     sqlite:///var/lib/tabby/tabby.db one file, WAL, shared by processes (default)
-    etcd://127.0.0.1:2379[,h:p...]  etcd v3 through its HTTP gateway
+    etcd://127.0.0.1:2379[,h:p...]  etcd v3 through its HTTP gateway, plain HTTP
+    etcds://h:p[,h:p...]?ca=/ca.crt&cert=/client.crt&key=/client.key
+                                    the same over TLS with a client certificate
     kubernetes:///path/kubeconfig   the Kubernetes API (kubernetes:// in a pod: in-cluster)
+
+``etcds://`` takes its files from the query or from ``$TABBY_ETCD_CA``,
+``$TABBY_ETCD_CERT`` and ``$TABBY_ETCD_KEY`` (the query wins; Calico's
+``ETCD_CA_CERT_FILE``, ``ETCD_CERT_FILE``, ``ETCD_KEY_FILE``), every path
+absolute, each file read and parsed before the store is returned
+(``tabby.store.etcdtls``). ``etcd://`` with a query, or with one of those
+variables set, is refused rather than silently sent in clear.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from urllib.parse import parse_qsl
 
 from tabby.errors import ConfigError
 from tabby.store.base import Event, Item, Key, ListResult, Store, Watch
@@ -25,10 +36,13 @@ def store_url(flag: str | None = None) -> str:
     return flag or os.environ.get(ENV) or DEFAULT_URL
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, *, env: Mapping[str, str] | None = None) -> Store:
+    """The store ``url`` names; ``env`` (default: this process's environment) may
+    hold etcd's TLS files."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         raise ConfigError(f"datastore {url!r}: expected sqlite:///PATH, etcd://HOST:PORT,"
+                          " etcds://HOST:PORT?ca=...&cert=...&key=...,"
                           " kubernetes:///KUBECONFIG or memory://")
     if scheme == "memory":
         from tabby.store.memory import MemoryStore
@@ -38,12 +52,8 @@ def open_store(url: str) -> Store:
         if not rest.startswith("/"):
             raise ConfigError(f"datastore {url!r}: the SQLite path must be absolute (sqlite:///PATH)")
         return SQLiteStore(rest)
-    if scheme == "etcd":
-        from tabby.store.etcd import EtcdStore
-        endpoints = [e for e in rest.strip("/").split(",") if e]
-        if not endpoints:
-            raise ConfigError(f"datastore {url!r}: name at least one etcd endpoint HOST:PORT")
-        return EtcdStore(endpoints)
+    if scheme in ("etcd", "etcds"):
+        return _open_etcd(url, scheme, rest, os.environ if env is None else env)
     if scheme == "kubernetes":
         from tabby.store.kubernetes import KubernetesStore
         if rest and not rest.startswith("/"):
@@ -51,4 +61,45 @@ def open_store(url: str) -> Store:
                               " (kubernetes:///PATH), or give none for in-cluster credentials")
         return KubernetesStore(rest or None)
     raise ConfigError(f"datastore {url!r}: unknown scheme {scheme!r}"
-                      " (sqlite, etcd, kubernetes or memory)")
+                      " (sqlite, etcd, etcds, kubernetes or memory)")
+
+
+def _open_etcd(url: str, scheme: str, rest: str, env: Mapping[str, str]) -> Store:
+    from tabby.store.etcd import EtcdStore
+    from tabby.store.etcdtls import ENV_FILES, FILES, EtcdTLS
+    where, question, query = rest.partition("?")
+    endpoints = [e for e in where.strip("/").split(",") if e]
+    if not endpoints:
+        raise ConfigError(f"datastore {url!r}: name at least one etcd endpoint HOST:PORT")
+    from_env = {f: env[var] for f, var in ENV_FILES.items() if env.get(var)}
+    if scheme == "etcd":
+        if question:
+            raise ConfigError(f"datastore {url!r}: etcd:// is plain HTTP and takes no options;"
+                              " for TLS write etcds://HOST:PORT?ca=...&cert=...&key=...")
+        if from_env:
+            var = ENV_FILES[next(iter(from_env))]
+            raise ConfigError(f"datastore {url!r}: ${var} is set but etcd:// is plain HTTP;"
+                              " write etcds:// for TLS, or unset it")
+        return EtcdStore(endpoints)
+    files, labels = dict(from_env), {f: f"${ENV_FILES[f]}=" for f in from_env}
+    try:
+        # A "+" in a path is a plus, not the space of an HTML form.
+        pairs = parse_qsl(query.replace("+", "%2B"), keep_blank_values=True,
+                          strict_parsing=bool(query))
+    except ValueError as e:
+        raise ConfigError(f"datastore {url!r}: the query does not parse ({e});"
+                          " expected ca=PATH&cert=PATH&key=PATH") from e
+    seen: set[str] = set()
+    for name, value in pairs:
+        if name not in FILES:
+            raise ConfigError(f"datastore {url!r}: unknown option {name!r}"
+                              " (etcds:// takes ca=, cert= and key=)")
+        if name in seen:
+            raise ConfigError(f"datastore {url!r}: {name}= is given twice")
+        seen.add(name)
+        files[name], labels[name] = value, f"{name}="
+    try:
+        tls = EtcdTLS.from_files(files, labels)
+    except ConfigError as e:
+        raise ConfigError(f"datastore {url!r}: {e}") from e
+    return EtcdStore(endpoints, tls=tls)

@@ -30,6 +30,12 @@ if the current one refuses, from the last delivered revision + 1: no gaps and
 no duplicates. A compacted start revision raises ``Compacted`` from ``next``;
 no endpoint reachable for ``op_timeout`` raises ``Unavailable``.
 
+TLS (``etcds://``, ``tls=EtcdTLS(...)``, see ``tabby.store.etcdtls``): every
+client and every watch session verifies etcd against the CA and presents the
+client certificate; the rest is unchanged. A certificate refused by every
+endpoint (either way round) raises ``Forbidden`` at once, as a retry cannot
+help; plain HTTP to a non-loopback endpoint logs a warning.
+
 etcd starts at revision 1 (not 0) on a fresh cluster.
 """
 
@@ -38,6 +44,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import logging
 import socket
 import threading
 import time
@@ -50,8 +57,18 @@ from etcd3gw.client import Etcd3Client
 from etcd3gw.exceptions import ConnectionFailedError, ConnectionTimeoutError, Etcd3Exception
 from requests.adapters import HTTPAdapter
 
-from tabby.errors import Compacted, ConfigError, Conflict, NotFound, StoreError, Unavailable
+from tabby.errors import (
+    Compacted,
+    ConfigError,
+    Conflict,
+    Forbidden,
+    NotFound,
+    StoreError,
+    Unavailable,
+)
+from tabby.store import etcdwire as wire
 from tabby.store.base import PREFIX, Event, Item, Key, ListResult, QueuedWatch, Store, Value, Watch
+from tabby.store.etcdtls import EtcdTLS, plain_warning, tls_failure
 
 __all__ = ["EtcdStore"]
 
@@ -59,21 +76,31 @@ API_PATH = "/v3/"  # etcd >= 3.4 serves the gateway here (3.3: /v3beta/)
 T = TypeVar("T")
 Json = dict[str, Any]
 Events = list[Event]  # (inside a Store class, ``list`` is the method)
+log = logging.getLogger(__name__)
 
 
 class EtcdStore(Store):
-    def __init__(self, endpoints: list[str], *, request_timeout: float = 3.0,
-                 op_timeout: float = 15.0, watch_idle: float = 30.0,
-                 page_size: int = 500) -> None:
+    def __init__(self, endpoints: list[str], *, tls: EtcdTLS | None = None,
+                 request_timeout: float = 3.0, op_timeout: float = 15.0,
+                 watch_idle: float = 30.0, page_size: int = 500) -> None:
         if not endpoints:
             raise ConfigError("etcd store: name at least one endpoint HOST:PORT")
         self.endpoints = list(endpoints)
-        self.url = "etcd://" + ",".join(self.endpoints)
+        self.tls = tls
+        self._client_cert = tls is not None and tls.cert is not None
+        if tls is None:
+            self.url = "etcd://" + ",".join(self.endpoints)
+            warning = plain_warning(self.endpoints)
+            if warning:
+                log.warning("%s", warning)
+        else:
+            query = tls.query()
+            self.url = "etcds://" + ",".join(self.endpoints) + (f"?{query}" if query else "")
         self.request_timeout = request_timeout
         self.op_timeout = op_timeout
         self.watch_idle = watch_idle
         self.page_size = page_size
-        self._clients = [_client(ep, request_timeout) for ep in self.endpoints]
+        self._clients = [_client(ep, request_timeout, tls) for ep in self.endpoints]
         self._current = 0
         self._lock = threading.Lock()
         self._watches: weakref.WeakSet[_EtcdWatch] = weakref.WeakSet()
@@ -95,23 +122,37 @@ class EtcdStore(Store):
         delay = 0.05
         while True:
             answered = False
-            errors: list[str] = []
+            refused = 0
+            errors: list[tuple[str, str]] = []  # (endpoint, what went wrong)
             for _ in self._clients:
                 index, client = self._endpoint()
                 try:
                     return fn(client)
                 except (ConnectionFailedError, ConnectionTimeoutError) as e:
-                    answered = answered or _answered(e)
-                    errors.append(f"{self.endpoints[index]}: {_describe(e)}")
+                    tls = tls_failure(e.detail_text or "", self._client_cert)
+                    if tls is not None and tls.refused:
+                        refused += 1
+                    answered = answered or wire.answered(e)
+                    why = tls.reason if tls is not None else wire.describe(e)
+                    errors.append((self.endpoints[index], why))
                     self._failed(index)
                 except Etcd3Exception as e:
-                    raise StoreError(f"etcd {what}: {_describe(e)}") from e
+                    raise StoreError(f"etcd {what}: {wire.describe(e)}") from e
+            if refused == len(self._clients):
+                raise Forbidden(f"etcd {what}: refused by every endpoint"
+                                f" ({wire.summary(errors)})")
             if not answered or time.monotonic() + delay > deadline:
                 verdict = "no endpoint answered" if not answered else "gave up"
-                raise Unavailable(f"etcd {what}: {verdict} ({'; '.join(errors)}); is the"
-                                  f" cluster up and does it have a leader?")
+                raise Unavailable(f"etcd {what}: {verdict} ({wire.summary(errors)}); is the"
+                                  f" cluster up and does it have a leader?{self._hint(errors)}")
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
+
+    def _hint(self, errors: list[tuple[str, str]]) -> str:
+        """etcd serving TLS closes a plain HTTP request without a word: say what it may mean."""
+        if self.tls is None and any("without response" in why for _, why in errors):
+            return " (if etcd serves TLS, the URL is etcds://...?ca=...&cert=...&key=...)"
+        return ""
 
     def _post(self, what: str, path: str, body: Json) -> Json:
         def send(client: Etcd3Client) -> Json:
@@ -122,28 +163,29 @@ class EtcdStore(Store):
     # -- reads ------------------------------------------------------------------
 
     def get(self, key: Key) -> Item:
-        reply = self._post(f"get {key}", "/kv/range", {"key": _b64(key.path())})
+        reply = self._post(f"get {key}", "/kv/range", {"key": wire.b64(key.path())})
         kvs = reply.get("kvs") or []
         if not kvs:
             raise NotFound(f"{key} not found")
-        return _item(kvs[0])
+        return wire.item(kvs[0])
 
     def list(self, resource: str, namespace: str | None = None, prefix: str = "") -> ListResult:
         base = f"{PREFIX}{resource}/"
         if namespace is not None:
             base += f"{namespace or '_'}/{prefix}"
-        start, end = base.encode(), _prefix_end(base.encode())
+        start, end = base.encode(), wire.prefix_end(base.encode())
         items: list[Item] = []
         revision: int | None = None
         while True:
-            body: Json = {"key": _b64(start), "range_end": _b64(end), "limit": self.page_size}
+            body: Json = {"key": wire.b64(start), "range_end": wire.b64(end),
+                          "limit": self.page_size}
             if revision is not None:
                 body["revision"] = revision  # later pages read the same snapshot
             reply = self._post(f"list {resource}", "/kv/range", body)
             if revision is None:
-                revision = _header_revision(reply)
+                revision = wire.header_revision(reply)
             kvs = reply.get("kvs") or []
-            items.extend(_item(kv) for kv in kvs)
+            items.extend(wire.item(kv) for kv in kvs)
             if not reply.get("more") or not kvs:
                 break
             start = base64.b64decode(kvs[-1]["key"]) + b"\0"  # just after the last
@@ -153,46 +195,46 @@ class EtcdStore(Store):
         return ListResult(tuple(sorted(items, key=lambda i: i.key)), revision)
 
     def revision(self) -> int:
-        reply = self._post("revision", "/kv/range", {"key": _b64(PREFIX), "count_only": True})
-        return _header_revision(reply)
+        reply = self._post("revision", "/kv/range", {"key": wire.b64(PREFIX), "count_only": True})
+        return wire.header_revision(reply)
 
     # -- writes -----------------------------------------------------------------
 
     def create(self, key: Key, value: Value) -> Item:
-        path, text = key.path(), _dump(key, value)
-        reply = self._txn(f"create {key}", [_cmp(path, "CREATE", "EQUAL", 0)],
-                          {"request_put": {"key": _b64(path), "value": _b64(text)}})
+        path, text = key.path(), wire.dump(key, value)
+        reply = self._txn(f"create {key}", [wire.compare(path, "CREATE", "EQUAL", 0)],
+                          {"request_put": {"key": wire.b64(path), "value": wire.b64(text)}})
         if not reply.get("succeeded"):
             raise Conflict(f"{key} already exists")
-        rev = _header_revision(reply)
+        rev = wire.header_revision(reply)
         return Item(key, json.loads(text), rev, rev)
 
     def update(self, key: Key, value: Value, revision: int) -> Item:
-        path, text = key.path(), _dump(key, value)
-        reply = self._txn(f"update {key}", [_cmp(path, "CREATE", "GREATER", 0),
-                                            _cmp(path, "MOD", "EQUAL", revision)],
-                          {"request_put": {"key": _b64(path), "value": _b64(text),
+        path, text = key.path(), wire.dump(key, value)
+        reply = self._txn(f"update {key}", [wire.compare(path, "CREATE", "GREATER", 0),
+                                            wire.compare(path, "MOD", "EQUAL", revision)],
+                          {"request_put": {"key": wire.b64(path), "value": wire.b64(text),
                                            "prev_kv": True}})
         if not reply.get("succeeded"):
-            raise _cas_failure(key, reply, revision)
+            raise wire.cas_failure(key, reply, revision)
         prev = reply["responses"][0]["response_put"].get("prev_kv") or {}
-        rev = _header_revision(reply)
+        rev = wire.header_revision(reply)
         return Item(key, json.loads(text), rev, int(prev.get("create_revision", rev)))
 
     def delete(self, key: Key, revision: int | None = None) -> Item:
         path = key.path()
-        compare = [_cmp(path, "CREATE", "GREATER", 0)]
+        compare = [wire.compare(path, "CREATE", "GREATER", 0)]
         if revision is not None:
-            compare.append(_cmp(path, "MOD", "EQUAL", revision))
+            compare.append(wire.compare(path, "MOD", "EQUAL", revision))
         reply = self._txn(f"delete {key}", compare,
-                          {"request_delete_range": {"key": _b64(path), "prev_kv": True}})
+                          {"request_delete_range": {"key": wire.b64(path), "prev_kv": True}})
         if not reply.get("succeeded"):
-            raise _cas_failure(key, reply, revision)
+            raise wire.cas_failure(key, reply, revision)
         prev = reply["responses"][0]["response_delete_range"].get("prev_kvs") or []
         if not prev:  # cannot happen: the compare and the delete are one transaction
             raise NotFound(f"{key} not found")
-        old = _item(prev[0])
-        return Item(key, old.value, _header_revision(reply), old.create_revision)
+        old = wire.item(prev[0])
+        return Item(key, old.value, wire.header_revision(reply), old.create_revision)
 
     def _txn(self, what: str, compare: Sequence[Json], success: Json) -> Json:
         body = {"compare": compare, "success": [success],
@@ -240,7 +282,7 @@ class _EtcdWatch(QueuedWatch):
     # -- the reader thread ---------------------------------------------------------
 
     def _run(self) -> None:
-        session = _session()
+        session = _session(self._store.tls)
         try:
             self._loop(session)
         except StoreError as e:
@@ -254,6 +296,7 @@ class _EtcdWatch(QueuedWatch):
         store = self._store
         down_since: float | None = None
         delay = 0.05
+        refused: dict[str, str] = {}  # endpoints that refused TLS in a row, and how
         while not self._closed.is_set():
             index, client = store._endpoint()
             self._established = False
@@ -261,22 +304,33 @@ class _EtcdWatch(QueuedWatch):
                 self._stream(session, client)  # returns when the stream ends (idle timeout)
             except _NotConnected as e:
                 store._failed(index)
+                tls = tls_failure(str(e), store._client_cert)
+                if tls is None or not tls.refused:
+                    refused.clear()  # anything else breaks the row
+                else:
+                    refused[store.endpoints[index]] = tls.reason
+                    if len(refused) == len(store.endpoints):
+                        raise Forbidden(f"etcd watch {self._prefix}: refused by every endpoint"
+                                        f" ({wire.summary(list(refused.items()))})") from e
                 now = time.monotonic()
                 down_since = down_since or now
                 if now - down_since > store.op_timeout:
+                    last = tls.reason if tls is not None else str(e)
                     raise Unavailable(f"etcd watch {self._prefix}: no endpoint reachable for"
-                                      f" {store.op_timeout:.0f}s (last: {e})") from e
+                                      f" {store.op_timeout:.0f}s (last: {last})"
+                                      f"{store._hint([('', last)])}") from e
             except (requests.RequestException, OSError, ValueError):
-                pass  # the stream broke (member gone, bad reply): reconnect from _next
+                refused.clear()  # the stream broke (member gone, bad reply): reconnect from _next
             if self._established:
                 down_since, delay = None, 0.05
+                refused.clear()
             self._closed.wait(delay)
             delay = min(delay * 2, 0.5)
 
     def _stream(self, session: requests.Session, client: Etcd3Client) -> None:
         """Read one watch stream until it ends or breaks."""
-        body = {"create_request": {"key": _b64(self._prefix),
-                                   "range_end": _b64(_prefix_end(self._prefix.encode())),
+        body = {"create_request": {"key": wire.b64(self._prefix),
+                                   "range_end": wire.b64(wire.prefix_end(self._prefix.encode())),
                                    "start_revision": self._next, "prev_kv": True}}
         try:
             resp = session.post(client.get_url("/watch"), json=body, stream=True,
@@ -318,7 +372,8 @@ class _EtcdWatch(QueuedWatch):
             raise ValueError(f"watch canceled: {result.get('cancel_reason', '')}")
         if result.get("created"):
             self._established = True
-        events = [e for e in map(_event, result.get("events") or []) if e.revision >= self._next]
+        events = [e for e in map(wire.event, result.get("events") or [])
+                  if e.revision >= self._next]
         if events:
             self._next = events[-1].revision + 1
             self.put(events)
@@ -331,104 +386,25 @@ class _NotConnected(Exception):
 # -- encoding and decoding ------------------------------------------------------------
 
 
-def _client(endpoint: str, timeout: float) -> Etcd3Client:
+def _client(endpoint: str, timeout: float, tls: EtcdTLS | None) -> Etcd3Client:
     host, sep, port = endpoint.rpartition(":")
     if not sep or not port.isdigit() or not host:
         raise ConfigError(f"etcd endpoint {endpoint!r}: expected HOST:PORT")
-    session = _session()
-    session.mount("http://", HTTPAdapter(pool_connections=1, pool_maxsize=32))
-    return Etcd3Client(host=host.strip("[]"), port=int(port), timeout=timeout,
-                       api_path=API_PATH, session=session)
+    session = _session(tls)
+    protocol = "http" if tls is None else "https"
+    session.mount(f"{protocol}://", HTTPAdapter(pool_connections=1, pool_maxsize=32))
+    return Etcd3Client(host=host.strip("[]"), port=int(port), protocol=protocol,
+                       timeout=timeout, api_path=API_PATH, session=session)
 
 
-def _session() -> requests.Session:
+def _session(tls: EtcdTLS | None) -> requests.Session:
     session = requests.Session()
     # etcd is reached directly; without this, requests re-reads proxy settings
     # from the environment on every call (about 13% of the client's CPU).
     session.trust_env = False
+    if tls is not None:
+        tls.configure(session)
     return session
-
-
-def _b64(data: str | bytes) -> str:
-    raw = data.encode() if isinstance(data, str) else data
-    return base64.b64encode(raw).decode("ascii")
-
-
-def _prefix_end(prefix: bytes) -> bytes:
-    """The range end covering every key that starts with ``prefix``."""
-    stripped = prefix.rstrip(b"\xff")
-    if not stripped:
-        return b"\0"  # etcd: every key
-    return stripped[:-1] + bytes([stripped[-1] + 1])
-
-
-def _cmp(path: str, target: str, result: str, number: int) -> Json:
-    field = {"CREATE": "create_revision", "MOD": "mod_revision"}[target]
-    return {"key": _b64(path), "target": target, "result": result, field: number}
-
-
-def _dump(key: Key, value: Value) -> str:
-    try:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    except (TypeError, ValueError) as e:
-        raise StoreError(f"{key}: the value is not JSON-serialisable ({e})") from e
-
-
-def _load(key: Key, data: str | None) -> Any:
-    try:
-        return json.loads(base64.b64decode(data or ""))
-    except ValueError as e:
-        raise StoreError(f"{key}: the stored value is not JSON ({e})") from e
-
-
-def _key(raw: str) -> Key:
-    path = base64.b64decode(raw).decode(errors="replace")
-    try:
-        return Key.from_path(path)
-    except ValueError as e:
-        raise StoreError(f"etcd key {path!r} is not a tabby key (/tabby/RESOURCE/NS/NAME);"
-                         " remove it") from e
-
-
-def _item(kv: Json) -> Item:
-    key = _key(kv["key"])
-    return Item(key, _load(key, kv.get("value")), int(kv["mod_revision"]),
-                int(kv["create_revision"]))
-
-
-def _event(raw: Json) -> Event:
-    kv: Json = raw["kv"]
-    key = _key(kv["key"])
-    revision = int(kv["mod_revision"])
-    if raw.get("type") == "DELETE":
-        prev = raw.get("prev_kv")  # absent only if the previous revision was compacted
-        return Event("DELETE", key, _load(key, prev.get("value")) if prev else None, revision)
-    return Event("PUT", key, _load(key, kv.get("value")), revision)
-
-
-def _header_revision(reply: Json) -> int:
-    return int(reply["header"]["revision"])
-
-
-def _cas_failure(key: Key, reply: Json, expected: int | None) -> StoreError:
-    kvs = reply["responses"][0]["response_range"].get("kvs") or []
-    if not kvs:
-        return NotFound(f"{key} not found")
-    return Conflict(f"{key} changed (revision {kvs[0]['mod_revision']}, expected {expected})")
-
-
-def _answered(e: Etcd3Exception) -> bool:
-    """Did a member answer (alive but e.g. leaderless), as opposed to nobody listening?"""
-    text = e.detail_text or ""
-    return text.lstrip().startswith("{") or "Read timed out" in text
-
-
-def _describe(e: Etcd3Exception) -> str:
-    text = e.detail_text or ""
-    try:
-        return str(json.loads(text).get("error", text))
-    except (ValueError, AttributeError):
-        return text[:300] or type(e).__name__
 
 
 def _shutdown(resp: requests.Response) -> None:

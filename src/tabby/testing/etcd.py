@@ -13,6 +13,15 @@ timeout (loopback is fast), so losing the leader costs well under a second.
 
 ``command_prefix`` runs each member under a wrapper that execs it (e.g.
 ``["ip", "netns", "exec", "NS"]``), so the recorded PID is still etcd's.
+
+``tls=True`` runs the cluster as Calico's is run: a CA of its own
+(``<dir>/pki``, made with ``tabby.store.pki``) signs each member's serving
+and peer certificates (SANs: ``host``, 127.0.0.1, localhost) and one client
+certificate; clients and peers speak https and must present a certificate
+of that CA (``--client-cert-auth``, ``--peer-client-cert-auth``). ``url`` is
+then ``etcds://...?ca=...&cert=...&key=...``, ``store_tls`` the same files
+for ``EtcdStore(endpoints, tls=...)``, ``ca`` the CA (to sign more). The
+plain mode (the default) is what the Kubernetes control plane runs.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -33,6 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tabby.errors import LabError
+from tabby.store.etcdtls import EtcdTLS
+from tabby.store.pki import CertificateAuthority, CertPair
 
 __all__ = ["EtcdCluster", "EtcdMember", "end_process", "free_ports"]
 
@@ -47,18 +59,23 @@ class EtcdMember:
     peer_port: int
     data_dir: Path
     log_path: Path
+    tls: bool = False
 
     @property
     def endpoint(self) -> str:
         return f"{self.host}:{self.client_port}"
 
     @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    @property
     def client_url(self) -> str:
-        return f"http://{self.host}:{self.client_port}"
+        return f"{self.scheme}://{self.host}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
-        return f"http://{self.host}:{self.peer_port}"
+        return f"{self.scheme}://{self.host}:{self.peer_port}"
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
@@ -73,7 +90,8 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
 class EtcdCluster:
     def __init__(self, size: int = 3, *, binary: str = "etcd", host: str = "127.0.0.1",
                  base_dir: str | None = None, heartbeat_ms: int = 50, election_ms: int = 500,
-                 start_timeout: float = 20.0, command_prefix: Sequence[str] = ()) -> None:
+                 start_timeout: float = 20.0, command_prefix: Sequence[str] = (),
+                 tls: bool = False) -> None:
         if size < 1:
             raise LabError(f"etcd cluster: size must be at least 1, not {size}")
         self.size = size
@@ -83,6 +101,11 @@ class EtcdCluster:
         self.election_ms = election_ms
         self.start_timeout = start_timeout
         self.command_prefix = tuple(command_prefix)
+        self.tls = tls
+        self.ca: CertificateAuthority | None = None
+        self.client_pair: CertPair | None = None  # the client certificate clients present
+        self._member_pairs: dict[str, tuple[CertPair, CertPair]] = {}  # serving, peer
+        self._context: ssl.SSLContext | None = None  # for our own health checks
         self._base_dir = base_dir
         self.dir: Path | None = None
         self.members: tuple[EtcdMember, ...] = ()
@@ -98,7 +121,17 @@ class EtcdCluster:
     @property
     def url(self) -> str:
         """The datastore URL for ``tabby.store.open_store``."""
-        return "etcd://" + ",".join(self.endpoints)
+        tls = self.store_tls
+        if tls is None:
+            return "etcd://" + ",".join(self.endpoints)
+        return "etcds://" + ",".join(self.endpoints) + "?" + tls.query()
+
+    @property
+    def store_tls(self) -> EtcdTLS | None:
+        """The CA and client certificate a store needs (None in plain mode)."""
+        if self.ca is None or self.client_pair is None:
+            return None
+        return EtcdTLS(self.ca.ca_path, self.client_pair.cert, self.client_pair.key)
 
     @property
     def pids(self) -> dict[int, int]:
@@ -112,6 +145,8 @@ class EtcdCluster:
         if shutil.which(self.binary) is None:
             raise LabError(f"etcd cluster: {self.binary!r} not found (apt-get install etcd-server)")
         self.dir = Path(tempfile.mkdtemp(prefix="tabby-etcd-", dir=self._base_dir))
+        if self.tls:
+            self._make_pki(self.dir / "pki")
         for attempt in range(1, attempts + 1):
             self._plan(attempt)
             try:
@@ -157,7 +192,7 @@ class EtcdCluster:
                 proc = self._procs.get(i)
                 if proc is None or proc.poll() is not None:
                     raise LabError(f"etcd cluster: member {i} exited\n{self.log_tail(i)}")
-                if _healthy(self.members[i]):
+                if _healthy(self.members[i], self._context):
                     todo.discard(i)
             if todo and time.monotonic() > deadline:
                 tails = "\n".join(self.log_tail(i) for i in sorted(todo))
@@ -180,6 +215,8 @@ class EtcdCluster:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
         self.members = ()
+        self.ca, self.client_pair, self._context = None, None, None
+        self._member_pairs = {}
 
     def __enter__(self) -> EtcdCluster:
         if not self.members:
@@ -191,6 +228,20 @@ class EtcdCluster:
 
     # -- internals ----------------------------------------------------------
 
+    def _make_pki(self, directory: Path) -> None:
+        hosts = list(dict.fromkeys([self.host, "127.0.0.1", "localhost"]))
+        self.ca = CertificateAuthority.create(directory, "tabby-etcd-ca")
+        # Both usages on both: a member dials its peers with its peer certificate,
+        # and etcd's HTTP gateway dials its own gRPC port with the serving one.
+        self._member_pairs = {
+            f"e{i}": (self.ca.server(f"e{i}-server", hosts, client_auth=True),
+                      self.ca.server(f"e{i}-peer", hosts, client_auth=True))
+            for i in range(self.size)}
+        self.client_pair = self.ca.client("client", "tabby")
+        context = ssl.create_default_context(cafile=str(self.ca.ca_path))
+        context.load_cert_chain(str(self.client_pair.cert), str(self.client_pair.key))
+        self._context = context
+
     def _plan(self, attempt: int) -> None:
         assert self.dir is not None
         ports = free_ports(2 * self.size, self.host)
@@ -200,7 +251,7 @@ class EtcdCluster:
             data = self.dir / f"a{attempt}" / f"e{i}"
             data.parent.mkdir(parents=True, exist_ok=True)
             members.append(EtcdMember(f"e{i}", self.host, ports[2 * i], ports[2 * i + 1],
-                                      data, data.parent / f"e{i}.log"))
+                                      data, data.parent / f"e{i}.log", self.tls))
         self.members = tuple(members)
 
     def _command(self, member: EtcdMember, state: str) -> list[str]:
@@ -220,7 +271,18 @@ class EtcdCluster:
             "--election-timeout", str(self.election_ms),
             "--logger", "zap",
             "--log-outputs", "stderr",
+            *self._tls_flags(member),
         ]
+
+    def _tls_flags(self, member: EtcdMember) -> list[str]:
+        if self.ca is None:
+            return []
+        serving, peer = self._member_pairs[member.name]
+        ca = str(self.ca.ca_path)
+        return ["--cert-file", str(serving.cert), "--key-file", str(serving.key),
+                "--trusted-ca-file", ca, "--client-cert-auth",
+                "--peer-cert-file", str(peer.cert), "--peer-key-file", str(peer.key),
+                "--peer-trusted-ca-file", ca, "--peer-client-cert-auth"]
 
     def _spawn(self, index: int, state: str) -> None:
         member = self.members[index]
@@ -252,9 +314,10 @@ def end_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM,
         proc.wait()
 
 
-def _healthy(member: EtcdMember) -> bool:
+def _healthy(member: EtcdMember, context: ssl.SSLContext | None) -> bool:
     try:
-        with urllib.request.urlopen(member.client_url + "/health", timeout=1.0) as resp:
+        with urllib.request.urlopen(member.client_url + "/health", timeout=1.0,
+                                    context=context) as resp:
             body = json.loads(resp.read() or b"{}")
     except (OSError, ValueError, urllib.error.URLError):
         return False
