@@ -155,6 +155,38 @@ def test_missing_namespace_is_notfound(store: KubernetesStore) -> None:
         store.create(Key(THINGS, "nope", "x"), value(1))
 
 
+def test_secrets_are_kept_in_tabby_system(store: KubernetesStore) -> None:
+    """Secrets (BGP passwords) are listed and watched in tabby-system only, so that the
+    node role needs no Secret outside it; elsewhere reads find nothing, writes are refused."""
+    from tabby.errors import StoreError
+    if not any(i.key.name == "tabby-system" for i in store.list("namespaces")):
+        store.create(Key("namespaces", "", "tabby-system"), {})
+    kept, other = Key("secrets", "tabby-system", "bgp"), Key("secrets", "a", "bgp")
+    with pytest.raises(StoreError, match="kept in namespace tabby-system only, not in 'a'"):
+        store.create(other, {"data": {"k": "dg=="}})
+    start = store.revision() + 1
+    with store.watch("secrets", start) as w:
+        post_secret(store, "a")  # written past the store, as any other program would
+        item = store.create(kept, {"data": {"k": "dg=="}})
+        try:
+            events = collect(w, 2, timeout=5)
+            assert [(e.type, e.key) for e in events] == [("PUT", kept)]
+            assert [i.key for i in store.list("secrets")] == [kept]
+            assert list(store.list("secrets", "a")) == []
+            with pytest.raises(NotFound):
+                store.get(other)
+            assert store.get(kept).revision == item.revision
+        finally:
+            store.delete(kept)
+            store.request("DELETE", "/api/v1/namespaces/a/secrets/bgp")
+
+
+def post_secret(store: KubernetesStore, namespace: str) -> None:
+    store.request("POST", f"/api/v1/namespaces/{namespace}/secrets", body={
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "bgp"},
+        "data": {"k": "dg=="}})
+
+
 def test_rbac_denial_names_verb_and_resource(cp: ControlPlane) -> None:
     nobody = cp.kubeconfig("nobody", "tabby-test-nobody")
     with KubernetesStore(str(nobody), resources=contract_resources()) as store, \

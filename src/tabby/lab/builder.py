@@ -11,6 +11,16 @@ files, start the datastore and seed it (pools, Node objects, the ``default``
 namespace), start one agent per node inside its namespace and wait, with a
 deadline, until each serves CNI STATUS. A failure tears down what was made and
 raises with the reason (an agent's log tail when an agent did not come up).
+
+In Kubernetes mode the agents and the controllers are started from tabby's
+manifests (``tabby.kube.manifests``, rendered for the lab): the ``tabby-node``
+DaemonSet's and the ``tabby-controllers`` Deployment's container command, args
+and env, resolved as a kubelet would (``tabby.lab.kubelet.containers``: its
+docstring says how close that is), with the lab's directories for the host
+paths (``/run/tabby`` is the node's directory, BIRD's under it the node's
+``bgp``) and, instead of in-cluster credentials, a kubeconfig holding a token
+of the workload's ServiceAccount. The init container (``tabby install-cni``)
+is not run: the node's CNI files are written by the lab beforehand.
 """
 
 from __future__ import annotations
@@ -135,9 +145,12 @@ class Lab:
         state = self.state_file.read()
         for node in state.nodes:
             url = datastore.node_url(state, node.name)
-            argv = system.in_netns(node.netns, [*agent_argv(url, node, t.mtu),
-                                                *bgp.agent_flags(t, node)])
-            proc = system.spawn(argv, f"agent {node.name}", node.agent_log)
+            if t.datastore == "kubernetes":
+                argv = manifest_argv(state, "DaemonSet", url, node)
+            else:
+                argv = [*agent_argv(url, node, t.mtu), *bgp.agent_flags(t, node)]
+            proc = system.spawn(system.in_netns(node.netns, argv), f"agent {node.name}",
+                                node.agent_log)
             record = dataclasses.replace(node, agent=proc)
             self.state_file.mutate(functools.partial(LabState.with_node, node=record))
         wait_agents(self.state_file.read(), self.agent_timeout, report)
@@ -152,7 +165,7 @@ class Lab:
     def _kubernetes_parts(self, report: Progress) -> None:
         """A kubelet stand-in per node (pods come from the API server now), and the
         cluster controllers (LoadBalancer addresses)."""
-        from tabby.kube.cluster import CONTROLLERS_USER
+        from tabby.kube.cluster import CONTROLLERS_ACCOUNT
         state = self.state_file.read()
         for node in state.nodes:
             kc = datastore.identity(state, f"kubelet-{node.name}", f"system:node:{node.name}",
@@ -163,8 +176,8 @@ class Lab:
                                       KUBELET_TIMEOUT)
             self.state_file.mutate(functools.partial(_first_proc, proc=proc))
             report("kubelets", state.nodes.index(node) + 1, len(state.nodes))
-        kc = datastore.identity(state, "controllers", CONTROLLERS_USER, [])
-        argv = [*tabby_command(), "--datastore", f"kubernetes://{kc}", "controllers"]
+        kc = datastore.account_kubeconfig(state, "controllers", CONTROLLERS_ACCOUNT)
+        argv = manifest_argv(state, "Deployment", f"kubernetes://{kc}")
         proc = system.spawn_ready(argv, "controllers", self.dir / "controllers.log",
                                   KUBELET_TIMEOUT)
         self.state_file.mutate(functools.partial(_first_proc, proc=proc))
@@ -217,6 +230,30 @@ def agent_argv(url: str, node: NodeRecord, mtu: int) -> list[str]:
     return [*tabby_command(), "--datastore", url, "agent", "--node", node.name,
             "--cni-socket", str(node.cni_socket), "--metrics-addr", AGENT_METRICS,
             "--mtu", str(mtu)]
+
+
+def manifest_argv(state: LabState, kind: str, url: str, node: NodeRecord | None = None,
+                  ) -> list[str]:
+    """tabby's DaemonSet (on ``node``) or Deployment container as a lab process: ``env``
+    with the container's variables (the datastore: ``url``), then its command."""
+    from tabby.kube import manifests
+    from tabby.lab.kubelet.containers import container_process
+    docs = manifests.documents(datastore.install_options(state.topology))
+    workload = next(d for d in docs if d["kind"] == kind)
+    template = workload["spec"]["template"]
+    host_dirs = {} if node is None else {
+        manifests.RUN_DIR: str(node.dir), manifests.BGP_DIR: str(bgp.bird_dir(node)),
+        "/opt/cni/bin": str(node.cni_bin_dir), "/etc/cni/net.d": str(node.cni_conflist.parent)}
+    proc = container_process(
+        template, template["spec"]["containers"][0]["name"],
+        node=node.name if node else "", namespace=workload["metadata"]["namespace"],
+        config_maps={d["metadata"]["name"]: d["data"] for d in docs if d["kind"] == "ConfigMap"},
+        host_dirs=host_dirs)
+    env = {**proc.env, "TABBY_DATASTORE": url}
+    argv = list(proc.argv)
+    if argv[0] == "tabby":  # the image's; here the lab's own installation
+        argv[:1] = tabby_command()
+    return ["env", *(f"{k}={v}" for k, v in env.items()), *argv]
 
 
 def tabby_command() -> list[str]:

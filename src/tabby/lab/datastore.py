@@ -13,11 +13,17 @@ datastore's own connections cross namespaces; pod and fabric traffic never do.
 ``kubernetes``: a real control plane (``tabby.kube.controlplane``: etcd,
 kube-apiserver, kube-controller-manager, kube-scheduler, TLS and RBAC on) on
 the root namespace's 127.0.0.1, its API server relayed into every node like
-etcd above; tabby's CRDs and roles installed (``tabby.kube.cluster``). The CLI
-uses the admin kubeconfig (``<lab>/k8s/admin.kubeconfig``, the ``kubeconfig``
-of ``tabby lab status -o json``); each agent its own identity
-(``tabby:node:<node>`` in group ``tabby:nodes``), each kubelet stand-in its
-node's (``system:node:<node>``), the controllers ``tabby:controllers``.
+etcd above. What ``kubectl apply`` of tabby's manifests would install before
+the workloads is applied (``tabby.kube.manifests.cluster_parts`` for the
+lab's pools, encapsulation, MTU and BGP mode: the CRDs, ``tabby-system``, the
+ServiceAccounts with their least-privilege roles, the ``tabby-config``
+ConfigMap). The CLI uses the admin kubeconfig (``<lab>/k8s/admin.kubeconfig``,
+the ``kubeconfig`` of ``tabby lab status -o json``); the agents authenticate
+as the ``tabby-node`` ServiceAccount and the controllers as
+``tabby-controllers``, each with a token from the TokenRequest API in a
+kubeconfig of its own (``<lab>/k8s/<name>.kubeconfig``: what a pod's projected
+token is, less the rotation); each kubelet stand-in is its node
+(``system:node:<node>``, a client certificate).
 
 Seeding writes what a cluster's installer would: the IP pools, one ``Node``
 per lab node (fabric addresses in ``spec.bgp``), and the ``default`` namespace;
@@ -30,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -41,6 +47,9 @@ from tabby.model import IPPool, Namespace, Node
 from tabby.model.base import TABBY_API
 from tabby.store import open_store
 from tabby.store.client import Client
+
+if TYPE_CHECKING:
+    from tabby.kube.manifests import Options
 
 ETCD_MEMBERS = 3
 # The members outlive ``up`` (``down`` stops them by PID); keeping their clusters
@@ -64,6 +73,7 @@ def start(t: Topology, state_file: StateFile) -> str:
 def _start_kubernetes(t: Topology, state_file: StateFile) -> str:
     from tabby.kube import cluster
     from tabby.kube.controlplane import ControlPlane
+    from tabby.kube.manifests import cluster_parts
     from tabby.lab.services import CLUSTER_RANGES
     from tabby.store.kubernetes import KubernetesStore
     cp = ControlPlane(state_file.dir / K8S_DIR,
@@ -81,10 +91,20 @@ def _start_kubernetes(t: Topology, state_file: StateFile) -> str:
     state_file.mutate(lambda s: dataclasses.replace(s, procs=(*s.procs, proc)))
     store = KubernetesStore(str(cp.admin_kubeconfig))
     try:
-        cluster.install(store)
+        cluster.install(store, cluster_parts(install_options(t)))
     finally:
         store.close()
     return url
+
+
+def install_options(t: Topology) -> Options:
+    """The manifests' options that describe lab ``t``: its pools, encapsulation, MTU, BGP."""
+    from tabby.kube.manifests import Options
+    modes = {p.vxlan_mode for p in t.pools}
+    encap = "VXLAN" if "Always" in modes else "VXLANCrossSubnet" if "CrossSubnet" in modes \
+        else "None"
+    return Options.create([str(p.cidr) for p in t.pools], encap, t.mtu,
+                          bgp="none" if t.bgp == "none" else "bird")
 
 
 def _stop_order(pids: dict[str, int]) -> list[tuple[str, int]]:
@@ -95,11 +115,31 @@ def _stop_order(pids: dict[str, int]) -> list[tuple[str, int]]:
 
 def node_url(state: LabState, node: str) -> str:
     """The datastore URL node ``node``'s agent uses: the lab's, or on Kubernetes one
-    with the agent's own identity."""
+    with a token of the ``tabby-node`` ServiceAccount."""
     if not state.datastore.startswith("kubernetes://"):
         return state.datastore
-    from tabby.kube.cluster import NODE_GROUP
-    return f"kubernetes://{identity(state, f'agent-{node}', f'tabby:node:{node}', [NODE_GROUP])}"
+    from tabby.kube.cluster import NODE_ACCOUNT
+    return f"kubernetes://{account_kubeconfig(state, f'agent-{node}', NODE_ACCOUNT)}"
+
+
+def account_kubeconfig(state: LabState, name: str, account: str) -> Path:
+    """A kubeconfig ``<lab>/k8s/<name>.kubeconfig`` holding a fresh token of
+    ServiceAccount ``tabby-system/<account>``, asked for with the admin kubeconfig."""
+    from tabby.kube.cluster import account_user, request_token, write_token_kubeconfig
+    from tabby.kube.pki import PKI
+    from tabby.store.kubernetes import KubernetesStore
+    directory = state.dir / K8S_DIR
+    admin_path = directory / "admin.kubeconfig"
+    admin = yaml.safe_load(admin_path.read_text())
+    store = KubernetesStore(str(admin_path))
+    try:
+        token = request_token(store, account)
+    finally:
+        store.close()
+    return write_token_kubeconfig(directory / f"{name}.kubeconfig",
+                                  admin["clusters"][0]["cluster"]["server"],
+                                  PKI.load(directory / "pki").ca_path, token,
+                                  account_user(account))
 
 
 def identity(state: LabState, name: str, user: str, groups: list[str]) -> Path:

@@ -6,6 +6,12 @@ server itself; tabby's kinds (``ippools.tabby.dev``, ...) are served through the
 CustomResourceDefinitions in ``manifests/crds.yaml``. The store's resource
 name is ``KindInfo.resource`` (``<plural>`` or ``<plural>.<group>``), which is
 also the CRD's name for tabby's kinds.
+
+A namespaced resource may be kept to one namespace (``APIResource.namespace``):
+its collection is that namespace's, so listing and watching it need rights in
+that namespace only. Secrets are: tabby reads them only for BGP passwords,
+which live in ``tabby-system`` (``SECRET_NAMESPACE``), and its node role may
+read Secrets there and nowhere else.
 """
 
 from __future__ import annotations
@@ -14,10 +20,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from tabby.model import all_kinds
+from tabby.model import Secret, all_kinds
 from tabby.model.base import KindInfo
+from tabby.model.bgpfields import SECRET_NAMESPACE
 
-__all__ = ["APIResource", "default_resources"]
+__all__ = ["KEPT_IN", "APIResource", "default_resources"]
+
+# Resources kept to one namespace, by store resource name.
+KEPT_IN = {Secret.KIND.resource: SECRET_NAMESPACE}
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,11 +38,13 @@ class APIResource:
     kind: str
     namespaced: bool
     status_subresource: bool = False
+    namespace: str | None = None  # the one namespace kept (None: every namespace)
 
     @classmethod
     def of(cls, info: KindInfo) -> APIResource:
         return cls(info.group, info.version, info.plural, info.kind, info.namespaced,
-                   status_subresource=info.group != "tabby.dev" and info.kind in _WITH_STATUS)
+                   status_subresource=info.group != "tabby.dev" and info.kind in _WITH_STATUS,
+                   namespace=KEPT_IN.get(info.resource) if info.namespaced else None)
 
     @property
     def api_version(self) -> str:
@@ -43,9 +55,15 @@ class APIResource:
         """The store's (and, for CRDs, the API's) name: ``pods``, ``ippools.tabby.dev``."""
         return f"{self.plural}.{self.group}" if self.group else self.plural
 
+    def holds(self, namespace: str | None) -> bool:
+        """Whether objects of ``namespace`` (None: of every namespace) are kept here."""
+        return self.namespace is None or namespace in (None, self.namespace)
+
     def collection(self, namespace: str | None) -> str:
-        """The collection path: every namespace when ``namespace`` is None."""
+        """The collection path: every namespace (or the one kept) when ``namespace`` is
+        None."""
         base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        namespace = namespace or self.namespace
         if self.namespaced and namespace:
             return f"{base}/namespaces/{quote(namespace, safe='')}/{self.plural}"
         return f"{base}/{self.plural}"

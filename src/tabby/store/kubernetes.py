@@ -27,6 +27,9 @@ How the contract maps (see ``tabby.store.base``):
   ``resourceVersion`` (it is the item's revision) and ``generation``.
   On write, ``apiVersion``, ``kind``, name and namespace come from the key.
   ``create_revision`` is not served by Kubernetes: items carry 0.
+- A resource kept to one namespace (``APIResource.namespace``: Secrets, in
+  ``tabby-system``) is listed and watched in that namespace only; other
+  namespaces hold nothing of it (reads find nothing, writes are refused).
 - ``update_status`` writes through the status subresource (a Pod's or
   Service's status; the main resource ignores status there).
 - ``watch`` is one list-less watch stream per resource (``tabby.store.kubewatch``):
@@ -124,6 +127,14 @@ class KubernetesStore(Store):
             raise StoreError(f"kubernetes datastore: no API resource for {name!r}"
                              f" (known: {', '.join(sorted(self.resources))})") from None
 
+    def _kept(self, key: Key) -> APIResource:
+        """The resource of ``key`` for a write; StoreError if its namespace is not kept."""
+        res = self.resource(key.resource)
+        if not res.holds(key.namespace):
+            raise StoreError(f"kubernetes datastore: {key.resource} are kept in namespace"
+                             f" {res.namespace} only, not in {key.namespace!r}")
+        return res
+
     def request(self, method: str, path: str, *, query: Mapping[str, str] | None = None,
                 body: Json | None = None, what: str = "") -> Json:
         """One API call, returning the decoded JSON body; errors mapped to the tree."""
@@ -183,12 +194,14 @@ class KubernetesStore(Store):
 
     def get(self, key: Key) -> Item:
         res = self.resource(key.resource)
+        if not res.holds(key.namespace):
+            raise NotFound(f"{key}: {key.resource} are kept in namespace {res.namespace} only")
         obj = self.request("GET", res.item(key.namespace, key.name), what=f"get {key}")
         return item_of(key, obj)
 
     def list(self, resource: str, namespace: str | None = None, prefix: str = "") -> ListResult:
         res = self.resources.get(resource)
-        if res is None or (namespace and not res.namespaced):
+        if res is None or (namespace and not res.namespaced) or not res.holds(namespace):
             return ListResult((), self.revision())  # nothing can be stored there
         items: list[Item] = []
         query = {"limit": str(self.page_size)}
@@ -225,7 +238,7 @@ class KubernetesStore(Store):
     # -- writes -----------------------------------------------------------------------
 
     def create(self, key: Key, value: Value) -> Item:
-        res = self.resource(key.resource)
+        res = self._kept(key)
         body = body_of(res, key, value)
         obj = self.request("POST", res.collection(key.namespace), body=body,
                            query={"fieldValidation": "Strict"}, what=f"create {key}")
@@ -240,7 +253,7 @@ class KubernetesStore(Store):
                          .status_subresource)
 
     def _put(self, key: Key, value: Value, revision: int, *, status: bool) -> Item:
-        res = self.resource(key.resource)
+        res = self._kept(key)
         body = body_of(res, key, value)
         body["metadata"]["resourceVersion"] = str(revision)
         path = res.item(key.namespace, key.name) + ("/status" if status else "")
@@ -261,7 +274,7 @@ class KubernetesStore(Store):
         is still that version, and the deletion's revision is reported as the
         lowest it can be, the last write's + 1 (etcd's real one may be higher if
         other writers came between: a watch's DELETE event carries it)."""
-        res = self.resource(key.resource)
+        res = self._kept(key)
         for _ in range(10):
             current = self.get(key)
             if revision is not None and current.revision != revision:

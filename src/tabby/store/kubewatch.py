@@ -1,8 +1,9 @@
 """Watching the Kubernetes API for the store contract: one stream per resource.
 
 Each resource gets a reader thread that holds one watch request open
-(``?watch=1&resourceVersion=RV&allowWatchBookmarks=true&timeoutSeconds=T``)
-and feeds the shared queue ``next`` drains. The thread remembers the last
+(``?watch=1&resourceVersion=RV&allowWatchBookmarks=true&timeoutSeconds=T``, on
+the resource's collection: every namespace's, or the one it is kept to) and
+feeds the shared queue ``next`` drains. The thread remembers the last
 resourceVersion it saw, from events and from bookmarks (the API server's
 "nothing for you up to here"), and when a stream ends (the server's timeout)
 or breaks (connection reset, API server restarted) it opens the next one from

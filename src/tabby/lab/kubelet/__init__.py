@@ -34,8 +34,10 @@ a kubelet's rights.
 
 Modules: ``documents`` (pure: the Node, Lease and pod status it writes),
 ``api`` (the seams: the API calls as JSON, the keyed work queue), ``daemon``
-(the loops and ``sync``), ``__main__`` (the command line). The pod plumbing
-is ``tabby.lab.wiring``, shared with ``tabby apply``'s pod driver.
+(the loops and ``sync``), ``__main__`` (the command line), ``containers``
+(pure: a pod template's container as a process, how the lab starts tabby's own
+DaemonSet and Deployment from its manifests). The pod plumbing is
+``tabby.lab.wiring``, shared with ``tabby apply``'s pod driver.
 
 ``sync`` is level-triggered: a record whose pod is gone (or has another uid)
 is torn down (CNI DEL, listener stopped, netns deleted, a second DEL with an
