@@ -269,7 +269,7 @@ def test_etcd_datastore_lab() -> None:
     try:
         tabby("lab", "up", "--nodes", "2", "--datastore", "etcd", lab=name)
         state = require(name)
-        assert state.datastore.startswith("etcd://127.0.0.1:")
+        assert state.datastore.startswith("etcds://127.0.0.1:")
         assert sorted(p.role for p in state.procs) == [
             "datastore relay", "etcd e0", "etcd e1", "etcd e2"]
         with LabPods.open(name) as driver:

@@ -4,7 +4,10 @@
 namespace) and the CLI (in the root namespace) open the same file.
 
 ``etcd``: a real three-member cluster (``tabby.testing.etcd.EtcdCluster``) on
-the root namespace's 127.0.0.1. The agents live in their nodes' namespaces,
+the root namespace's 127.0.0.1, run with TLS as Calico runs it (client and peer
+certificates required; the CA and the certificates under the cluster's
+directory in the lab folder; the datastore URL is
+``etcds://127.0.0.1:P,...?ca=...&cert=...&key=...``). The agents live in their nodes' namespaces,
 where 127.0.0.1 is the node's own loopback, so one relay process
 (``tabby.lab.relay``) listens on each node's 127.0.0.1 at every member's port
 and forwards to the member: the datastore URL is the same everywhere. Only the
@@ -162,7 +165,7 @@ def kubeconfig(state: LabState) -> Path | None:
 
 def _start_etcd(t: Topology, state_file: StateFile) -> str:
     from tabby.testing.etcd import EtcdCluster
-    cluster = EtcdCluster(ETCD_MEMBERS, base_dir=str(state_file.dir))
+    cluster = EtcdCluster(ETCD_MEMBERS, base_dir=str(state_file.dir), tls=True)
     cluster.start()
     _STARTED.append(cluster)
     procs = []
