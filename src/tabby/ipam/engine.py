@@ -21,7 +21,9 @@ assign(handle, node, ...), per IP version::
 
 Inside a block: handle count += n (CAS) *before* the block update (CAS), so a
 crash between leaves a handle that over-counts (release repairs it), never an
-allocation nobody can find. Every write is compare-and-swap, retried a
+allocation nobody can find. A block update that failed without an answer
+(``Unavailable``) counts as such a crash: it may land later, so its count
+stays. Every write is compare-and-swap, retried a
 bounded number of times (``tabby.ipam.records``). assign is idempotent per
 handle and all-or-nothing across families: what one call took is released
 if any family fails. Steady state (an affine block has room) costs three
@@ -203,13 +205,15 @@ class IPAM:
             return 0
         # the handle first, so an allocation is never without its handle
         req.handle = self.records.count(req.handle_id, cidr, promised, req.handle)
-        got: tuple[int, ...] = ()
-        try:
-            got = self.records.allocate(block, req.handle_id, promised, req.attrs,
-                                        lambda b: _accepts(b, req.node, mode))
-        finally:
-            if len(got) < promised:
-                req.handle = self.records.count(req.handle_id, cidr, len(got) - promised)
+        # Only an allocate that answered gives the unused count back. One that raised
+        # (the store unavailable) may still land: etcd commits a write whose reply was
+        # lost once it has a quorum again. Its count then stays, so that releasing the
+        # handle (the runtime's DEL) finds that allocation; an over-count is repaired
+        # by release, while an allocation without its handle would leak for good.
+        got = self.records.allocate(block, req.handle_id, promised, req.attrs,
+                                    lambda b: _accepts(b, req.node, mode))
+        if len(got) < promised:
+            req.handle = self.records.count(req.handle_id, cidr, len(got) - promised)
         req.taken.extend((blk.address(block.spec, o), cidr) for o in got)
         return len(got)
 

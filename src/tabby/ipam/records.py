@@ -102,10 +102,21 @@ class Records:
     # -- blocks ----------------------------------------------------------------------
     def allocate(self, block: IPAMBlock | None, handle_id: str, count: int,
                  attrs: Mapping[str, str], accept: Accept) -> tuple[int, ...]:
-        """Allocate up to ``count`` ordinals of ``block`` (re-read on each lost race)."""
+        """Allocate up to ``count`` ordinals of ``block`` (re-read on each lost race).
+
+        A write whose reply was lost and that the store retried reports Conflict
+        although it landed (``tabby.store.etcd``): the re-read block then holds
+        ordinals of ``handle_id`` it did not hold before, and those are the answer,
+        not a second allocation."""
         name = block.meta.name if block is not None else ""
+        before = set(blk.ordinals_of(block.spec, handle_id)) if block is not None else set()
         for _ in range(self.attempts):
-            if block is None or not accept(block):
+            if block is None:
+                return ()
+            landed = tuple(o for o in blk.ordinals_of(block.spec, handle_id) if o not in before)
+            if landed:
+                return landed[:count]
+            if not accept(block):
                 return ()
             spec, got = blk.allocate(block.spec, count, handle_id, attrs)
             if not got:

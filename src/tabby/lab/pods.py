@@ -13,6 +13,11 @@ and ports from there), given a namespace ``<lab>_<ns>_<pod>`` with lo up, then
 the node's conflist is executed (CNI ADD) with the CNI_ARGS a kubelet sends;
 one listener process answers on every declared port; last the Pod's status
 (podIP(s), hostIP, phase Running) is written. A failure undoes the steps taken.
+When that undo fails too (the datastore is down: CNI DEL cannot release), the
+pod's record stays, so that ``lab down`` still removes all of it, and the next
+apply of the pod clears what is left and wires it anew: a pod never stays
+Pending because one apply met an outage. One apply or delete of a given pod
+runs at a time, across processes (a flock per pod in ``<lab>/locks``).
 Applying a pod that exists updates the object in place (labels, annotations):
 no re-wiring; its containers and node cannot change. The plumbing itself
 (netns, CNI, listener) is ``tabby.lab.wiring``, shared with the kubelet
@@ -23,10 +28,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
+import hashlib
+import os
 import secrets
 import subprocess
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from tabby.errors import LabError, NotFound, TabbyError
@@ -84,6 +92,11 @@ class LabPods:
     def apply_pod(self, pod: Pod) -> str:
         if pod.host_network:
             raise LabError(f"{pod.ref}: hostNetwork pods are not yet supported by the lab")
+        with self._exclusive(pod.meta.namespace, pod.meta.name):
+            return self._apply_pod(pod)
+
+    def _apply_pod(self, pod: Pod) -> str:
+        self._clear_unfinished(pod.meta.namespace, pod.meta.name)
         record = self._reserve(pod)
         if record is None:
             verb = self._reconfigure(pod)
@@ -95,7 +108,8 @@ class LabPods:
             try:
                 self._unwire(self.state_file.read().pod(pod.meta.namespace, pod.meta.name))
             except TabbyError as undo:
-                exc.add_note(f"undoing the half-wired pod failed too: {undo}")
+                exc.add_note(f"undoing the half-wired pod failed too: {undo}; apply the pod"
+                             " again (or delete it) once that is fixed")
             raise
         services.sync(self.name, self.client)  # Running now: its endpoints are ready
         return "created"
@@ -125,6 +139,10 @@ class LabPods:
     def delete_pod(self, namespace: str, name: str) -> None:
         """CNI DEL through the chain, stop the listener, delete the namespace and the Pod.
         NotFound if the lab has no such pod."""
+        with self._exclusive(namespace, name):
+            self._delete_pod(namespace, name)
+
+    def _delete_pod(self, namespace: str, name: str) -> None:
         record = self.state_file.read().pod(namespace, name)
         if record is None:
             self.client.delete(Pod, name, namespace)  # NotFound if absent
@@ -135,6 +153,37 @@ class LabPods:
         services.sync(self.name, self.client)
 
     # -- steps ------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _exclusive(self, namespace: str, name: str) -> Iterator[None]:
+        """One apply or delete of a pod at a time, across processes: a flock on a file
+        named after the pod, which the kernel drops with its holder."""
+        directory = self.state_file.dir / "locks"
+        directory.mkdir(exist_ok=True)
+        digest = hashlib.sha256(f"{namespace}/{name}".encode()).hexdigest()[:32]
+        fd = os.open(directory / digest, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _clear_unfinished(self, namespace: str, name: str) -> None:
+        """Undo what an earlier apply of this pod left: one that failed and whose undo
+        failed too (the datastore was down). Its record stays so that nothing leaks,
+        but without this the pod would stay Pending for good, each apply "unchanged"."""
+        record = self.state_file.read().pod(namespace, name)
+        if record is not None and not self._finished(record):
+            self._unwire(record)
+
+    def _finished(self, record: PodRecord) -> bool:
+        """Whether the apply that made ``record`` ran to its end: the pod's status, its
+        last step, says Running for this very pod."""
+        if not record.uid or not record.ips:
+            return False
+        stored = self.client.try_get(Pod, record.name, record.namespace)
+        return (stored is not None and stored.meta.uid == record.uid
+                and stored.status.phase == "Running")
 
     def _reserve(self, pod: Pod) -> PodRecord | None:
         """Place a new pod and record it; None if the lab already has it."""
