@@ -34,7 +34,6 @@ import contextlib
 import ipaddress
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -45,7 +44,6 @@ from typing import TypeVar
 
 import pytest
 
-from tabby.dataplane.netlink import entered_netns
 from tabby.errors import LabError
 from tabby.ipam import IPAM
 from tabby.ipam.blocks import address, allocated
@@ -54,6 +52,7 @@ from tabby.lab.pods import LabPods
 from tabby.lab.state import LabState, load, require
 from tabby.model import IPAMBlock, Pod, WorkloadEndpoint
 from tabby.testing.containerd import CNIPaths, Containerd, CtrRun, busybox_image, installed
+from tests.netns.http import http_get
 
 MISSING = installed()
 pytestmark = [
@@ -99,24 +98,6 @@ def wait_for(what: str, check: Callable[[], T | None], timeout: float = 20.0,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(0.05)
-
-
-def http_get(netns: str, host: str, port: int, timeout: float = 2.0) -> str | None:
-    """The body served at http://host:port/ from inside ``netns``; None if no answer."""
-    with entered_netns(f"/var/run/netns/{netns}"):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    with sock:
-        sock.settimeout(timeout)
-        try:
-            sock.connect((host, port))
-            sock.sendall(f"GET / HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
-            data = b""
-            while chunk := sock.recv(4096):
-                data += chunk
-        except OSError:
-            return None
-    head, _, body = data.decode(errors="replace").partition("\r\n\r\n")
-    return body.strip() if head.startswith("HTTP/1.") and " 200 " in head else None
 
 
 def nat_rules(netns: str) -> str:

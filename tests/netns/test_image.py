@@ -20,7 +20,6 @@ import functools
 import itertools
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -32,7 +31,6 @@ from typing import Any
 import pytest
 
 import tabby
-from tabby.dataplane.netlink import entered_netns
 from tabby.lab import bgp, builder, system
 from tabby.lab.pods import LabPods
 from tabby.lab.state import IPAddress, LabState, NodeRecord, PodRecord, load, require
@@ -47,6 +45,7 @@ from tabby.testing.image import (
     run_once,
     task_pid,
 )
+from tests.netns.http import http_get
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "build-image"
 MISSING = installed()
@@ -96,20 +95,7 @@ def ip(netns: str, *args: str) -> str:
 def healthz(netns: str) -> str | None:
     """The body of the agent's /healthz from inside ``netns`` if it answers 200."""
     host, port = builder.AGENT_METRICS.split(":")
-    with entered_netns(f"/var/run/netns/{netns}"):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    with sock:
-        sock.settimeout(2.0)
-        try:
-            sock.connect((host, int(port)))
-            sock.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
-            data = b""
-            while chunk := sock.recv(4096):
-                data += chunk
-        except OSError:
-            return None
-    head, _, body = data.decode(errors="replace").partition("\r\n\r\n")
-    return body if " 200 " in head.split("\r\n", 1)[0] else None
+    return http_get(netns, host, int(port), "/healthz")
 
 
 @dataclass

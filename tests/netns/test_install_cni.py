@@ -20,7 +20,6 @@ import ipaddress
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,13 +32,13 @@ from typing import TypeVar
 import pytest
 
 from tabby.cni.install import link_reference_plugins
-from tabby.dataplane.netlink import entered_netns
 from tabby.ipam import IPAM
 from tabby.lab import builder, system
 from tabby.lab.state import LabState, load, require
 from tabby.store import open_store
 from tabby.store.client import Client
 from tabby.testing.containerd import CNIPaths, Containerd, busybox_image, installed
+from tests.netns.http import http_get
 
 MISSING = installed()
 pytestmark = [
@@ -79,24 +78,6 @@ def wait_for(what: str, check: Callable[[], T | None], timeout: float = 20.0) ->
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(0.05)
     return value
-
-
-def http_get(netns: str, host: str, port: int, timeout: float = 2.0) -> str | None:
-    """The body served at http://host:port/ from inside ``netns``; None if no answer."""
-    with entered_netns(f"/var/run/netns/{netns}"):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    with sock:
-        sock.settimeout(timeout)
-        try:
-            sock.connect((host, port))
-            sock.sendall(f"GET / HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
-            data = b""
-            while chunk := sock.recv(4096):
-                data += chunk
-        except OSError:
-            return None
-    head, _, body = data.decode(errors="replace").partition("\r\n\r\n")
-    return body.strip() if " 200 " in head else None
 
 
 @dataclass(frozen=True, slots=True)
