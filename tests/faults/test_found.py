@@ -61,3 +61,14 @@ def test_apply_refuses_a_document_nested_too_deep(tmp_path: Path, text: str) -> 
 def test_objects_survive_their_own_round_trip(doc: dict[str, Any]) -> None:
     obj = parse_manifest(doc)
     assert parse_manifest(obj.to_manifest()) == obj
+
+
+@pytest.mark.parametrize("spec", [{"nodeSelector": "!has(rr)", "peerSelector": ""},
+                                  {"node": "node-1", "peerIP": "", "asNumber": 65000}])
+def test_an_empty_peer_is_no_peer(spec: dict[str, Any]) -> None:
+    """Found by full runs (make faults; seeds 20261206 and 5): an empty peerSelector or
+    peerIP was accepted, written back without it, and the written object was refused."""
+    with pytest.raises(ValidationError) as err:
+        parse_manifest({"apiVersion": "projectcalico.org/v3", "kind": "BGPPeer",
+                        "metadata": {"name": "p"}, "spec": spec})
+    assert "needs peerIP" in str(err.value)

@@ -89,7 +89,8 @@ class BGPPeer(Resource):
         peer_ip, port = _peer_ip(f)
         peer_selector = _selector(f, "peerSelector")
         asn = parse_as_number(f, "asNumber")
-        has_ip, has_selector = f.has("peerIP"), f.has("peerSelector")
+        # An empty peerIP or peerSelector names nothing and is not written back: unset.
+        has_ip, has_selector = _given(f.raw("peerIP")), _given(f.raw("peerSelector"))
         if has_ip and has_selector:
             f.error("peerSelector", "set either peerIP or peerSelector, not both")
         elif not has_ip and not has_selector:
@@ -193,6 +194,10 @@ def _peer_ip(f: Fields) -> tuple[IPAddress | None, int | None]:
         f.error("peerIP", parsed)
         return None, None
     return parsed
+
+
+def _given(raw: object) -> bool:
+    return raw is not None and not (isinstance(raw, str) and not raw.strip())
 
 
 def _selector(f: Fields, name: str) -> str:
