@@ -224,3 +224,32 @@ def test_the_agent_wires_a_pod_and_nothing_was_forbidden(lab: tuple[LabState, Ku
     for role, log in logs.items():
         text = log.read_text(errors="replace")
         assert "forbidden" not in text.lower(), f"{role}: {log}"
+
+
+def test_applying_the_manifests_with_kubectl_keeps_the_node_networked(
+        lab: tuple[LabState, Kubectl]) -> None:
+    """The whole file applied for real, as a user installs tabby: the DaemonSet and the
+    Deployment exist and get their pods (the kubelet stand-in runs no containers: the
+    agent and controllers are the lab's processes, started from these definitions),
+    the pool is tabby's, and a workload pod applied next is still wired."""
+    _, kubectl = lab
+    kubectl.run("apply", "-f", str(SHIPPED))
+    daemonset = kubectl.get_json("-n", "tabby-system", "daemonset", "tabby-node")
+    assert daemonset["spec"]["template"]["spec"]["hostNetwork"] is True
+
+    def node_pods() -> list[str]:
+        pods = kubectl.get_json("-n", "tabby-system", "pods", "-l", "k8s-app=tabby-node")
+        return [p["spec"].get("nodeName", "") for p in pods["items"]
+                if p.get("status", {}).get("phase") == "Running"]
+    wait_for("the DaemonSet's pod on node-1", lambda: node_pods() == ["node-1"], 60)
+    kubectl.apply({"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": "after-install", "namespace": "default"},
+                   "spec": {"nodeName": "node-1", "containers": [{"name": "c",
+                                                                   "image": "busybox"}]}})
+
+    def pod_ip() -> str:
+        pod = kubectl.get_json("-n", "default", "pod", "after-install")
+        return str(pod.get("status", {}).get("podIP") or "")
+    wait_for("the pod applied after the install to get an address", pod_ip, 60)
+    kubectl.delete({"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": "after-install", "namespace": "default"}})
