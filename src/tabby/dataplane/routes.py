@@ -9,7 +9,11 @@ equals what the last clean pass installed, the pass is skipped without
 touching the kernel (most store events do not change this node's routes),
 unless the caller asks for ``full=True`` (the agent does so periodically, to
 repair routes changed behind its back). After any error the next pass is a
-full one. A full pass costs one route dump per family and one link dump.
+full one. A full pass costs one route dump per family and one link dump (twice:
+again before the sweep). An incremental pass after a clean one looks only at
+what changed since it: the table of the changed routes' families and the links
+they name, one lookup each (with 60 pods the full read took 28 ms, the narrow
+one a few: CNI ADD waits for this pass).
 
 Ownership is marked by the route protocol number ``ROUTE_PROTOCOL``:
 
@@ -26,7 +30,7 @@ counted as unresolved, not treated as an error: the pod's veth may be on its
 way, and retrying cannot help until it is.
 
 Kernel access goes through the ``netlink`` opener (``RouteNetlink`` names the
-four calls a pass makes); tests hand in ``tabby.testing.fakes.FakeNetlink.open``.
+calls a pass makes); tests hand in ``tabby.testing.fakes.FakeNetlink.open``.
 """
 
 from __future__ import annotations
@@ -57,6 +61,8 @@ class RouteNetlink(Protocol):
     def routes(self, version: int, protocol: int | None = None) -> list[KernelRoute]: ...
 
     def links(self) -> list[Link]: ...
+
+    def link(self, name: str) -> Link | None: ...
 
     def replace_route(self, dst: IPNetwork, *, protocol: int, type: str = "unicast",
                       gateway: IPAddress | None = None, dev: str | None = None,
@@ -106,19 +112,64 @@ class RouteReconciler:
         if not full and desired == self._installed:
             result.unchanged = len(desired)
             return result
-        self._installed = None
+        previous, self._installed = self._installed, None
         with self._open(self._netns) as nl:
-            table = self._read(nl)
-            for route in sorted(desired, key=route_sort_key):
-                self._ensure(nl, table, route, result)
-            if not result.errors and not self.synced:
-                self.synced = True
-            if self.synced:
-                result.swept = True
-                self._sweep(nl, desired, result)
+            if not full and previous is not None and self.synced:
+                self._apply_changes(nl, previous, desired, result)
+            else:
+                self._apply_all(nl, desired, result)
         if not result.errors and not result.unresolved and not result.conflicts:
             self._installed = desired
         return result
+
+    def _apply_all(self, nl: RouteNetlink, desired: frozenset[Route], result: RouteSync) -> None:
+        """Read both tables and every link; ensure every desired route; sweep the rest."""
+        table = self._read(nl)
+        for route in sorted(desired, key=route_sort_key):
+            self._ensure(nl, table, route, result)
+        if not result.errors and not self.synced:
+            self.synced = True
+        if self.synced:
+            result.swept = True
+            self._sweep(nl, desired, result)
+
+    def _apply_changes(self, nl: RouteNetlink, previous: frozenset[Route],
+                       desired: frozenset[Route], result: RouteSync) -> None:
+        """An incremental pass after a clean one: only what changed since, read narrowly.
+
+        The kernel held ``previous`` at the end of the last clean pass, so only the routes
+        added or removed since are looked at: the tables of their families only, and the
+        links they name only (a full read of the links and both tables cost ~28 ms with 60
+        pods, twice a pass; this is what CNI ADD waits for). Leftovers that appeared
+        behind the agent's back are the periodic full pass's to sweep."""
+        added, removed = desired - previous, previous - desired
+        families = {r.dst.version for r in (*added, *removed)}
+        ours: dict[IPNetwork, list[KernelRoute]] = {}
+        foreign: set[IPNetwork] = set()
+        for version in sorted(families):
+            for kr in nl.routes(version):
+                if kr.protocol == self.protocol:
+                    ours.setdefault(kr.dst, []).append(kr)
+                elif kr.type != "other":
+                    foreign.add(kr.dst)
+        links = [link for link in (nl.link(dev) for dev in sorted(
+            {r.dev for r in added if r.dev is not None})) if link is not None]
+        table = _Table(ours={k: tuple(v) for k, v in ours.items()}, foreign=frozenset(foreign),
+                       names={link.index: link.name for link in links},
+                       link_names=frozenset(link.name for link in links))
+        result.unchanged = len(desired) - len(added)
+        for route in sorted(added, key=route_sort_key):
+            self._ensure(nl, table, route, result)
+        kept = {r.dst for r in desired}
+        for route in removed:
+            if route.dst in kept:
+                continue  # replaced in place by its new version above
+            for kr in table.ours.get(route.dst, ()):
+                try:
+                    if nl.delete_route(kr):
+                        result.deleted.append(kr)
+                except NetlinkError as exc:
+                    result.errors.append(str(exc))
 
     def _read(self, nl: RouteNetlink) -> _Table:
         ours: dict[IPNetwork, list[KernelRoute]] = {}
