@@ -73,7 +73,7 @@ def test_two_adds_for_one_container_get_the_same_addresses(handler: AgentPodHand
     assert len(handler.attachments) == 0  # the lock went with the last request
 
 
-def test_different_containers_do_not_wait_for_each_other(handler: AgentPodHandler) -> None:
+def test_different_containers_do_not_wait_for_each_other() -> None:
     locks = AttachmentLocks()
     order: list[str] = []
     with locks.held("c1", "eth0"):
