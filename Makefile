@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: bootstrap demo demo-k8s test test-unit test-netns faults bench lint crds manifests clean
+.PHONY: bootstrap demo demo-k8s test test-unit test-netns faults bench lint crds fields manifests clean
 
 bootstrap:
 	@scripts/bootstrap
@@ -34,6 +34,10 @@ bench: bootstrap
 # tabby's CustomResourceDefinitions, generated from the model (tests/unit/test_crds.py checks).
 crds: bootstrap
 	$(PY) -m tabby.kube.crds > manifests/crds.yaml
+
+# The field reference of every kind, generated from the model (tests/unit/test_fields_reference.py checks).
+fields: bootstrap
+	$(PY) -m tabby.model.reference > docs/fields.md
 
 # tabby's install for a cluster, `tabby manifests` with its defaults (tests/unit/test_manifests.py checks).
 manifests: bootstrap

@@ -20,9 +20,16 @@ import yaml
 
 from tabby.errors import ConfigError, ValidationError
 from tabby.kube import crds
-from tabby.model import all_kinds, kind_for_manifest
+from tabby.model import all_kinds, felixfields, kind_for_manifest
 from tabby.model.base import TABBY_GROUP, Resource
-from tabby.model.schema import Schema, field_paths, preserved_paths, schema_paths, validate
+from tabby.model.schema import (
+    Schema,
+    example,
+    field_paths,
+    preserved_paths,
+    schema_paths,
+    validate,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = ROOT / "manifests" / "crds.yaml"
@@ -35,6 +42,18 @@ def doc(kind: str, name: str, spec: dict[str, Any], namespace: str = "",
     if namespace:
         meta["namespace"] = namespace
     return {"apiVersion": API, "kind": kind, "metadata": meta, "spec": spec, **extra}
+
+
+def bgp_filter_rule(version: int) -> dict[str, Any]:
+    return {"action": "Accept", "matchOperator": "In",
+            "cidr": "198.19.0.0/16" if version == 4 else "fd7a:bb1e:1::/48",
+            "prefixLength": {"min": 26, "max": 32 if version == 4 else 122},
+            "source": "RemotePeers", "interface": "eth*", "peerType": "iBGP",
+            "communities": {"values": ["65000:100"]}, "asPathPrefix": [65000],
+            "priority": 512, "operations": [
+                {"addCommunity": {"value": "65000:1:2"}},
+                {"prependASPath": {"prefix": [64512]}},
+                {"setPriority": {"value": 100}}]}
 
 
 ENTITY = {
@@ -84,17 +103,24 @@ FULL: dict[str, list[dict[str, Any]]] = {
             "prefixAdvertisements": [{"cidr": "198.19.0.0/16",
                                       "communities": ["gold", "65001:7"]}],
             "nodeMeshPassword": {"secretKeyRef": {"name": "bgp", "key": "mesh"}},
-            "nodeMeshMaxRestartTime": "90s"}),
+            "nodeMeshMaxRestartTime": "90s",
+            "nodeToNodeMeshBFD": {"enabled": True, "minRxInterval": "50ms",
+                                  "minTxInterval": "200ms", "multiplier": 5}}),
         doc("BGPConfiguration", "node.node-1", {
             "listenPort": 179, "logSeverityScreen": "Warning",
             "communities": [{"name": "n1", "value": "65001:1"}],
             "prefixAdvertisements": [{"cidr": "fd7a:bb1e::/64", "communities": ["n1"]}]}),
     ],
+    "BGPFilter": [doc("BGPFilter", "only-pods", {
+        f"{d}V{v}": [bgp_filter_rule(v), {"action": "Reject"}]
+        for d in ("import", "export") for v in (4, 6)})],
     "BGPPeer": [
         doc("BGPPeer", "tor", {
             "node": "node-1", "peerIP": "[fd7a:bb1e::1]:1790", "asNumber": 65000,
             "password": {"value": "s3cret"}, "keepOriginalNextHop": True,
-            "sourceAddress": "None", "maxRestartTime": "2m", "numAllowedLocalASNumbers": 2}),
+            "sourceAddress": "None", "maxRestartTime": "2m", "numAllowedLocalASNumbers": 2,
+            "filters": ["only-pods"], "bfd": {"enabled": False, "minRxInterval": "100ms",
+                                              "minTxInterval": "100ms", "multiplier": 3}}),
         doc("BGPPeer", "reflectors", {
             "nodeSelector": "!has(rr)", "peerSelector": "has(rr)",
             "password": {"secretKeyRef": {"name": "bgp", "key": "rr"}}}),
@@ -108,6 +134,9 @@ FULL: dict[str, list[dict[str, Any]]] = {
             "natOutgoingExclusions": "IPPoolsAndHostIPs",
             "logSeverityScreen": "Info", "bpfEnabled": False, "healthPort": 9099,
             "routeTableRange": {"min": 1, "max": 250}, "interfaceExclude": "kube-ipvs0"}),
+        # every other Calico Felix field tabby accepts (and ignores), each set
+        doc("FelixConfiguration", "node.node-2", {
+            name: example(schema) for name, schema in felixfields.accepted_schemas().items()}),
     ],
     "WorkloadEndpoint": [
         doc("WorkloadEndpoint", "node--1-k8s-web-eth0", {
@@ -160,6 +189,10 @@ FULL: dict[str, list[dict[str, Any]]] = {
     "GlobalNetworkSet": [
         doc("GlobalNetworkSet", "blocked", {"nets": ["192.0.2.1/32"]}),
     ],
+    "IPReservation": [
+        doc("IPReservation", "gateways", {"reservedCIDRs": ["198.19.0.1/32",
+                                                            "fd7a:bb1e::/126"]}),
+    ],
     "Node": [
         doc("Node", "node-1", {
             "bgp": {"ipv4Address": "198.18.0.11/24", "ipv6Address": "fd7a:bb1e::11/64",
@@ -172,6 +205,7 @@ FULL: dict[str, list[dict[str, Any]]] = {
     "NetworkPolicy": [
         doc("NetworkPolicy", "web", POLICY, namespace="shop"),
     ],
+    "Tier": [doc("Tier", "security", {"order": 100, "defaultAction": "Pass"})],
     "GlobalNetworkPolicy": [
         doc("GlobalNetworkPolicy", "open", {"selector": "all()", "types": []}),
         doc("GlobalNetworkPolicy", "untracked", {
@@ -180,6 +214,45 @@ FULL: dict[str, list[dict[str, Any]]] = {
         doc("GlobalNetworkPolicy", "pre-dnat", {
             "selector": "has(host)", "types": ["Ingress"], "ingress": RULES_IN[:1],
             "preDNAT": True, "applyOnForward": True}),
+    ],
+    # staged policies (tabby.model.stagedpolicy)
+    "StagedNetworkPolicy": [
+        doc("StagedNetworkPolicy", "web", {"stagedAction": "Set", **POLICY}, namespace="shop"),
+        doc("StagedNetworkPolicy", "gone", {"stagedAction": "Delete"}, namespace="shop"),
+    ],
+    "StagedGlobalNetworkPolicy": [
+        doc("StagedGlobalNetworkPolicy", "untracked", {
+            "stagedAction": "Set", **POLICY, "order": 100,
+            "namespaceSelector": "team == 'shop'", "doNotTrack": True,
+            "applyOnForward": True}),
+        doc("StagedGlobalNetworkPolicy", "pre-dnat", {
+            "stagedAction": "Set", "selector": "has(host)", "types": ["Ingress"],
+            "ingress": RULES_IN[:1], "preDNAT": True, "applyOnForward": True}),
+    ],
+    "StagedKubernetesNetworkPolicy": [
+        doc("StagedKubernetesNetworkPolicy", "web", {
+            "stagedAction": "Set",
+            "podSelector": {"matchLabels": {"app": "web"}, "matchExpressions": [
+                {"key": "tier", "operator": "In", "values": ["a", "b"]}]},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "api"},
+                                                   "matchExpressions": [
+                                    {"key": "k", "operator": "In", "values": ["v"]}]},
+                                   "namespaceSelector": {"matchLabels": {"team": "x"},
+                                                         "matchExpressions": [
+                                    {"key": "k", "operator": "In", "values": ["v"]}]}},
+                                  {"ipBlock": {"cidr": "198.51.100.0/24",
+                                               "except": ["198.51.100.0/28"]}}],
+                         "ports": [{"protocol": "TCP", "port": 80, "endPort": 90}]}],
+            "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "db"}, "matchExpressions": [
+                {"key": "x", "operator": "NotIn", "values": ["y"]}]},
+                                "namespaceSelector": {"matchLabels": {"team": "x"},
+                                                      "matchExpressions": [
+                                    {"key": "env", "operator": "In", "values": ["p"]}]}},
+                               {"ipBlock": {"cidr": "fd7a:bb1e::/64",
+                                            "except": ["fd7a:bb1e::/80"]}}],
+                        "ports": [{"protocol": "UDP", "port": 53, "endPort": 60}]}]},
+            namespace="shop"),
     ],
 }
 
@@ -217,6 +290,13 @@ ACCEPTED: dict[str, list[dict[str, Any]]] = {
                  status={"podCIDRs": []})],
     "NetworkPolicy": [doc("NetworkPolicy", "calico", CALICO_POLICY, namespace="shop")],
     "GlobalNetworkPolicy": [doc("GlobalNetworkPolicy", "calico", CALICO_POLICY)],
+    "StagedNetworkPolicy": [doc("StagedNetworkPolicy", "calico", CALICO_POLICY,
+                                namespace="shop")],
+    "StagedGlobalNetworkPolicy": [doc("StagedGlobalNetworkPolicy", "calico", CALICO_POLICY)],
+    "Tier": [doc("Tier", "default", {"order": 1000000, "defaultAction": "Deny"},
+                 status={"conditions": [{"type": "Ready", "status": "True", "reason": "Ready",
+                                         "message": "", "lastTransitionTime":
+                                         "2026-01-01T00:00:00Z"}]})],
 }
 
 
@@ -265,7 +345,8 @@ def test_one_crd_per_tabby_kind_sorted_by_name() -> None:
     docs = crds.crds()
     names = [d["metadata"]["name"] for d in docs]
     assert names == sorted(names)
-    assert set(names) == {cls.KIND.resource for cls in tabby_kinds().values()}
+    assert set(names) == {cls.KIND.resource for cls in tabby_kinds().values()} | set(
+        crds.UPSTREAM)  # ClusterNetworkPolicy: tests/unit/test_cnp_model.py
     assert list(yaml.safe_load_all(MANIFEST.read_text())) == docs
 
 
@@ -290,7 +371,7 @@ def test_crd_names_scope_and_version(kind: str) -> None:
 def test_colliding_short_names_are_dropped() -> None:
     by_name = {d["spec"]["names"]["kind"]: d["spec"]["names"] for d in crds.crds()}
     assert "shortNames" not in by_name["Node"]  # "no" is Kubernetes' nodes
-    assert by_name["NetworkPolicy"]["shortNames"] == ["cnp", "tnp"]
+    assert by_name["NetworkPolicy"]["shortNames"] == ["tnp"]  # "cnp" is ClusterNetworkPolicy's
     assert by_name["IPPool"]["shortNames"] == ["ippool", "pool", "pools"]
 
 

@@ -122,7 +122,7 @@ def test_calico_defaults_and_round_trip() -> None:
      "spec.ingress[0].protocol: 'IGMPX' is not one of"),
     ({"types": ["Egress"], "ingress": [{"action": "Allow"}]},
      "spec.ingress: has rules but types does not list Ingress"),
-    ({"tier": "security"}, "spec.tier: 'security': only the default tier exists in tabby"),
+    ({"tier": "sec.urity"}, "spec.tier: 'sec.urity' is not a valid tier name"),
     ({"ingress": [{"action": "Allow", "source": {"selectr": "a == 'b'"}}]},
      "spec.ingress[0].source.selectr: unknown field (did you mean selector?)"),
 ])

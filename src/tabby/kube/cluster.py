@@ -30,8 +30,8 @@ No ``*`` anywhere, no patch (the store writes by PUT with a resourceVersion),
 no writes to core Nodes or Pods (a kubelet writes those; the agent reads its
 own Node for ``kubernetes-internal-ip`` autodetection). The controllers read
 Services and IP pools and write Services' status (LoadBalancer addresses),
-and follow core Nodes to clean up after a deleted one
-(``tabby.kube.nodecleanup``).
+and follow core Nodes to clean up after a deleted one and to copy their labels
+onto tabby's Nodes (``tabby.kube.nodecleanup``, ``tabby.kube.nodelabels``).
 """
 
 from __future__ import annotations

@@ -11,6 +11,12 @@ know instead of pruning it.
 
     python -m tabby.kube.crds > manifests/crds.yaml      # what `make crds` runs
 
+Kinds of other groups that tabby follows but nobody else may have installed get a CRD
+of the upstream project's shape the same way (``UPSTREAM``: Kubernetes'
+``ClusterNetworkPolicy``, ``policy.networking.k8s.io/v1alpha2``, whose upstream CRD
+network-policy-api ships; ours is generated from tabby's model with upstream's names,
+short name, columns and validation rules).
+
 Keeping them in step: change the kind's ``SCHEMA`` in the same change as its
 ``parse_body``/``body``, then ``make crds``. ``tests/unit/test_crds.py`` fails
 until both are done (it compares manifests/crds.yaml byte for byte, and
@@ -20,6 +26,7 @@ checks fully-populated objects of every kind against the schemas).
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import yaml
@@ -29,7 +36,8 @@ from tabby.model import all_kinds
 from tabby.model.base import TABBY_GROUP, Resource
 from tabby.model.schema import Column, KindSchema, Schema, obj, string
 
-__all__ = ["KUBERNETES_SHORT_NAMES", "crd", "crds", "kind_schema", "openapi_schema", "render"]
+__all__ = ["KUBERNETES_SHORT_NAMES", "UPSTREAM", "crd", "crd_kinds", "crds", "kind_schema",
+           "openapi_schema", "render"]
 
 # Short names of Kubernetes' built-in resources: a CRD claiming one would shadow (or be
 # shadowed by) the built-in in kubectl, so such names are left out of the CRD.
@@ -39,12 +47,28 @@ KUBERNETES_SHORT_NAMES = frozenset({
     "sc", "sts", "svc", "vac",
 })
 CATEGORY = "tabby"
+# CRD-served kinds of other API groups (by store resource name), rendered with their own
+# group and version, without tabby's category, and with upstream's annotations (the API
+# server refuses a CRD of a *.k8s.io group without an api-approved.kubernetes.io one).
+UPSTREAM: Mapping[str, Mapping[str, str]] = {
+    "clusternetworkpolicies.policy.networking.k8s.io": {
+        "api-approved.kubernetes.io": "https://github.com/kubernetes-sigs/network-policy-api/pull/347",
+        "policy.networking.k8s.io/bundle-version": "v0.2.0",
+        "policy.networking.k8s.io/channel": "experimental",
+    },
+}
 HEADER = ("# tabby's CustomResourceDefinitions, generated from tabby.model by\n"
           "# `make crds` (python -m tabby.kube.crds). Do not edit by hand.\n")
 
 
 def tabby_kinds() -> list[type[Resource]]:
     return [cls for cls in all_kinds() if cls.KIND.group == TABBY_GROUP]
+
+
+def crd_kinds() -> list[type[Resource]]:
+    """Every kind tabby serves through a CRD: its own, and ``UPSTREAM``'s."""
+    return [cls for cls in all_kinds()
+            if cls.KIND.group == TABBY_GROUP or cls.KIND.resource in UPSTREAM]
 
 
 def kind_schema(cls: type[Resource]) -> KindSchema:
@@ -60,7 +84,7 @@ def openapi_schema(cls: type[Resource]) -> Schema:
     """The whole object's ``openAPIV3Schema``: apiVersion, kind, metadata, spec, status."""
     ks = kind_schema(cls)
     properties: dict[str, Schema] = {
-        "apiVersion": string("tabby.dev/v1"),
+        "apiVersion": string(cls.KIND.api_version),
         "kind": string(cls.KIND.kind),
         "metadata": {"type": "object"},
         "spec": ks.spec,
@@ -75,7 +99,8 @@ def openapi_schema(cls: type[Resource]) -> Schema:
 def crd(cls: type[Resource]) -> dict[str, Any]:
     """One CustomResourceDefinition for ``cls`` (a tabby.dev kind)."""
     info = cls.KIND
-    if info.group != TABBY_GROUP:
+    upstream = info.resource in UPSTREAM
+    if info.group != TABBY_GROUP and not upstream:
         raise ConfigError(f"{info.kind} is served by {info.api_version}, not by a CRD")
     ks = kind_schema(cls)
     names: dict[str, Any] = {
@@ -83,8 +108,9 @@ def crd(cls: type[Resource]) -> dict[str, Any]:
         "listKind": f"{info.kind}List",
         "plural": info.plural,
         "singular": info.kind.lower(),
-        "categories": [CATEGORY],
     }
+    if not upstream:
+        names["categories"] = [CATEGORY]
     short = [n for n in info.short_names if n not in KUBERNETES_SHORT_NAMES]
     if short:
         names["shortNames"] = short
@@ -99,7 +125,8 @@ def crd(cls: type[Resource]) -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": info.resource, "labels": {"app.kubernetes.io/part-of": "tabby"}},
+        "metadata": {"name": info.resource, "labels": {"app.kubernetes.io/part-of": "tabby"},
+                     **({"annotations": dict(UPSTREAM[info.resource])} if upstream else {})},
         "spec": {
             "group": info.group,
             "names": names,
@@ -119,8 +146,8 @@ def _column(c: Column) -> dict[str, Any]:
 
 
 def crds() -> list[dict[str, Any]]:
-    """Every tabby.dev kind's CRD, sorted by CRD name."""
-    return sorted((crd(cls) for cls in tabby_kinds()), key=lambda d: str(d["metadata"]["name"]))
+    """Every tabby.dev kind's CRD and ``UPSTREAM``'s, sorted by CRD name."""
+    return sorted((crd(cls) for cls in crd_kinds()), key=lambda d: str(d["metadata"]["name"]))
 
 
 class _Dumper(yaml.SafeDumper):

@@ -17,7 +17,9 @@ from tabby.model.base import (
     resolve_kind,
 )
 from tabby.model.bgpconfiguration import BGPConfiguration
+from tabby.model.bgpfilter import BGPFilter
 from tabby.model.bgppeer import BGPPeer
+from tabby.model.clusternetworkpolicy import ClusterNetworkPolicy
 from tabby.model.felixconfig import FelixConfiguration
 from tabby.model.hostendpoint import HostEndpoint
 from tabby.model.ipam import (
@@ -30,6 +32,7 @@ from tabby.model.ipam import (
     handle_name,
 )
 from tabby.model.ippool import IPPool, check_pools
+from tabby.model.ipreservation import IPReservation
 from tabby.model.k8s import Namespace, Pod
 from tabby.model.k8snode import KubeNode
 from tabby.model.k8spolicy import K8sNetworkPolicy
@@ -38,14 +41,24 @@ from tabby.model.node import Node
 from tabby.model.policy import GlobalNetworkPolicy, NetworkPolicy
 from tabby.model.secret import Secret
 from tabby.model.service import EndpointSlice, Service
+from tabby.model.serviceaccount import ServiceAccount
+from tabby.model.stagedpolicy import (
+    StagedGlobalNetworkPolicy,
+    StagedKubernetesNetworkPolicy,
+    StagedNetworkPolicy,
+)
+from tabby.model.tier import BUILTIN_TIERS, Tier
 from tabby.model.workloadendpoint import WorkloadEndpoint, endpoint_name
 
 __all__ = [
+    "BUILTIN_TIERS",
     "CALICO_API",
     "TABBY_API",
     "BGPConfiguration",
+    "BGPFilter",
     "BGPPeer",
     "BlockAffinity",
+    "ClusterNetworkPolicy",
     "EndpointSlice",
     "FelixConfiguration",
     "GlobalNetworkPolicy",
@@ -55,6 +68,7 @@ __all__ = [
     "IPAMConfiguration",
     "IPAMHandle",
     "IPPool",
+    "IPReservation",
     "K8sNetworkPolicy",
     "KindInfo",
     "KubeNode",
@@ -67,6 +81,11 @@ __all__ = [
     "Resource",
     "Secret",
     "Service",
+    "ServiceAccount",
+    "StagedGlobalNetworkPolicy",
+    "StagedKubernetesNetworkPolicy",
+    "StagedNetworkPolicy",
+    "Tier",
     "WorkloadEndpoint",
     "affinity_name",
     "all_kinds",

@@ -10,6 +10,9 @@ Cluster-wide only (refused on ``node.<name>``, as Calico does):
 ``nodeMeshMaxRestartTime`` and the three service ranges
 (``serviceClusterIPs``, ``serviceExternalIPs``, ``serviceLoadBalancerIPs``:
 lists of ``{cidr}``, advertised from every node).
+``nodeToNodeMeshBFD`` (a tabby extension: ``{enabled, minRxInterval,
+minTxInterval, multiplier}``, BFD on every mesh session) is cluster-wide too:
+BFD needs both ends of a session.
 Per node too: ``listenPort``, ``logSeverityScreen``, ``communities`` (named
 values) and ``prefixAdvertisements`` (``{cidr, communities: [name or value]}``:
 routes this node exports within ``cidr`` carry those communities).
@@ -24,12 +27,15 @@ from typing import Any, ClassVar, Self
 
 from tabby.model.base import CALICO_API, TABBY_GROUP, KindInfo, ObjectMeta, Resource, register
 from tabby.model.bgpfields import (
+    BFD,
     Community,
     Password,
     as_number_schema,
+    bfd_schema,
     duration_schema,
     format_duration,
     parse_as_number,
+    parse_bfd,
     parse_community,
     parse_duration,
     parse_password,
@@ -49,7 +55,7 @@ DEFAULT_PORT = 179
 SEVERITIES = ("Debug", "Info", "Warning", "Error", "Fatal")
 SERVICE_FIELDS = ("serviceClusterIPs", "serviceExternalIPs", "serviceLoadBalancerIPs")
 GLOBAL_ONLY = ("asNumber", "nodeToNodeMeshEnabled", "nodeMeshPassword",
-               "nodeMeshMaxRestartTime", *SERVICE_FIELDS)
+               "nodeMeshMaxRestartTime", "nodeToNodeMeshBFD", *SERVICE_FIELDS)
 _SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
 _NAME = re.compile(rf"^(default|node\.{_SUBDOMAIN})$")
 
@@ -77,6 +83,7 @@ _SPEC_SCHEMA = obj({
     }, required=["cidr"]), "Communities attached to exported routes."),
     "nodeMeshPassword": password_schema("TCP-MD5 password of the mesh (cluster-wide only)."),
     "nodeMeshMaxRestartTime": duration_schema("Graceful-restart time of the mesh."),
+    "nodeToNodeMeshBFD": bfd_schema("BFD on every mesh session (cluster-wide only)."),
 })
 
 
@@ -100,6 +107,7 @@ class BGPConfigurationSpec:
     prefix_advertisements: tuple[PrefixAdvertisement, ...] = ()
     node_mesh_password: Password | None = None
     node_mesh_max_restart_time: int | None = None  # seconds
+    node_mesh_bfd: BFD | None = None
 
 
 @register
@@ -143,6 +151,7 @@ class BGPConfiguration(Resource):
             prefix_advertisements=_advertisements(f, dict(communities)),
             node_mesh_password=parse_password(f, "nodeMeshPassword"),
             node_mesh_max_restart_time=parse_duration(f, "nodeMeshMaxRestartTime"),
+            node_mesh_bfd=parse_bfd(f, "nodeToNodeMeshBFD"),
         )
         f.finish()
         return cls(meta=meta, spec=spec)
@@ -168,6 +177,8 @@ class BGPConfiguration(Resource):
             spec["nodeMeshPassword"] = s.node_mesh_password.to_dict()
         if s.node_mesh_max_restart_time is not None:
             spec["nodeMeshMaxRestartTime"] = format_duration(s.node_mesh_max_restart_time)
+        if s.node_mesh_bfd is not None:
+            spec["nodeToNodeMeshBFD"] = s.node_mesh_bfd.to_dict()
         return {"spec": spec}
 
     @property

@@ -12,7 +12,12 @@ Field names follow Calico's ``projectcalico.org/v3`` BGPPeer:
   ``keepOriginalNextHop``, ``sourceAddress`` (``UseNodeIP`` or ``None``),
   ``maxRestartTime`` (graceful restart, a duration) and
   ``numAllowedLocalASNumbers`` (accept routes whose AS path holds our own AS
-  that many times: a ToR that sends every node's routes to nodes of one AS).
+  that many times: a ToR that sends every node's routes to nodes of one AS);
+- ``filters``: BGPFilter names, applied in order to this peer's sessions
+  (``tabby.model.bgpfilter``); a name with no BGPFilter is skipped with a note;
+- ``bfd`` (a tabby extension, Calico has none): ``{enabled, minRxInterval,
+  minTxInterval, multiplier}``, BFD on the sessions so a dead link takes them
+  down in well under a second (``tabby.model.bgpfields.BFD``).
 """
 
 from __future__ import annotations
@@ -24,17 +29,21 @@ from typing import Any, ClassVar, Self
 from tabby import selector
 from tabby.model.base import CALICO_API, TABBY_GROUP, KindInfo, ObjectMeta, Resource, register
 from tabby.model.bgpfields import (
+    BFD,
     Password,
     as_number_schema,
+    bfd_schema,
     duration_schema,
     format_duration,
     parse_as_number,
+    parse_bfd,
     parse_duration,
     parse_password,
     password_schema,
 )
 from tabby.model.fields import Fields
-from tabby.model.schema import Column, KindSchema, boolean, integer, obj, string
+from tabby.model.names import DNS_SUBDOMAIN, MAX_NAME
+from tabby.model.schema import Column, KindSchema, array, boolean, integer, obj, string
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 SOURCE_ADDRESSES = ("UseNodeIP", "None")
@@ -54,6 +63,8 @@ class BGPPeerSpec:
     source_address: str = "UseNodeIP"
     max_restart_time: int | None = None  # seconds
     num_allowed_local_as: int = 0
+    filters: tuple[str, ...] = ()  # BGPFilter names, in order
+    bfd: BFD | None = None
 
 
 @register
@@ -73,6 +84,8 @@ class BGPPeer(Resource):
         "maxRestartTime": duration_schema("Graceful-restart time."),
         "numAllowedLocalASNumbers": integer("Accept routes holding our AS this many times.",
                                             minimum=0, maximum=MAX_LOCAL_AS),
+        "filters": array(string("A BGPFilter's name."), "BGPFilters applied in order."),
+        "bfd": bfd_schema("BFD on this peer's sessions."),
     }), columns=(Column("Peer IP", ".spec.peerIP"), Column("ASN", ".spec.asNumber", "integer"),
                  Column("Peer selector", ".spec.peerSelector"), Column("Node", ".spec.node"),
                  Column("Node selector", ".spec.nodeSelector", priority=1)))
@@ -110,7 +123,8 @@ class BGPPeer(Resource):
             keep_original_next_hop=f.bool("keepOriginalNextHop"),
             source_address=f.choice("sourceAddress", SOURCE_ADDRESSES, "UseNodeIP"),
             max_restart_time=parse_duration(f, "maxRestartTime"),
-            num_allowed_local_as=local_as)
+            num_allowed_local_as=local_as, filters=_filters(f),
+            bfd=parse_bfd(f, "bfd"))
         f.finish()
         return cls(meta=meta, spec=spec)
 
@@ -136,6 +150,10 @@ class BGPPeer(Resource):
             spec["maxRestartTime"] = format_duration(s.max_restart_time)
         if s.num_allowed_local_as:
             spec["numAllowedLocalASNumbers"] = s.num_allowed_local_as
+        if s.filters:
+            spec["filters"] = list(s.filters)
+        if s.bfd is not None:
+            spec["bfd"] = s.bfd.to_dict()
         return {"spec": spec}
 
     @property
@@ -194,6 +212,15 @@ def _peer_ip(f: Fields) -> tuple[IPAddress | None, int | None]:
         f.error("peerIP", parsed)
         return None, None
     return parsed
+
+
+def _filters(f: Fields) -> tuple[str, ...]:
+    names = f.str_list("filters")
+    for i, name in enumerate(names):
+        if len(name) > MAX_NAME or not DNS_SUBDOMAIN.fullmatch(name):
+            f.error(f"filters[{i}]", f"{name!r} is not a BGPFilter name"
+                    " (lower-case letters, digits, '-', '.')")
+    return tuple(names)
 
 
 def _given(raw: object) -> bool:

@@ -3,8 +3,12 @@
 Calico v3 shape. ``default`` holds the cluster's settings; ``node.<name>``
 overrides them for one node, field by field. tabby reads
 ``failsafeInboundHostPorts`` and ``failsafeOutboundHostPorts`` (lists of
-``{protocol, port, net}``; an empty list turns failsafe off) and keeps every
-other field as written, so Calico manifests apply unchanged.
+``{protocol, port, net}``; an empty list turns failsafe off) and
+``natOutgoingExclusions``. Every other field of Calico's FelixConfiguration is
+listed in ``tabby.model.felixfields`` with the reason tabby does not act on it:
+its type is checked and it is kept as written (so Calico manifests apply
+unchanged and round-trip), and ``tabby apply`` warns about it
+(``tabby.model.fieldnotes``). A field Calico does not have is an unknown field.
 
 Failsafe ports stay open on host endpoints whatever the policies say:
 inbound TCP 22, 179, 2379, 2380, 5473, 6443, 6666, 6667 and UDP 68;
@@ -17,15 +21,15 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
+from tabby.model import felixfields
 from tabby.model.base import CALICO_API, TABBY_GROUP, KindInfo, ObjectMeta, Resource, register
 from tabby.model.fields import Fields
-from tabby.model.schema import KindSchema, Schema, array, free_form, integer, obj, string
+from tabby.model.schema import KindSchema, Schema, array, free_form, integer, obj, string, validate
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 FAILSAFE_FIELDS = ("failsafeInboundHostPorts", "failsafeOutboundHostPorts")
 NAT_EXCLUSIONS = ("IPPoolsOnly", "IPPoolsAndHostIPs")
-_READ = frozenset((*FAILSAFE_FIELDS, "natOutgoingExclusions"))  # kept typed, not in raw_spec
-
+_CALICO = felixfields.accepted_schemas()  # Calico's other fields: type-checked, kept, ignored
 
 
 def _failsafe_schema(direction: str) -> Schema:
@@ -69,9 +73,10 @@ DEFAULT_FAILSAFE_OUT = _pp("UDP:53 UDP:67 TCP:179 TCP:2379 TCP:2380 TCP:5473 TCP
 class FelixConfiguration(Resource):
     KIND = KindInfo("FelixConfiguration", TABBY_GROUP, "v1", "felixconfigurations",
                     namespaced=False, aliases=(CALICO_API,), short_names=("felixconfig",))
-    # The spec keeps every field as written (raw_spec): Felix settings tabby does not read
-    # are stored free-form, so Calico manifests round-trip whole. Calico writes a status,
-    # which the model accepts and drops: a status subresource keeps it out of the object.
+    # The spec keeps Calico's other Felix settings as written (raw_spec), so Calico
+    # manifests round-trip whole; the schema names each (felixfields), so the API server
+    # refuses a typo as the model does. Calico writes a status, which the model accepts
+    # and drops: a status subresource keeps it out of the object.
     SCHEMA: ClassVar[KindSchema] = KindSchema(
         spec=obj({
             "failsafeInboundHostPorts": _failsafe_schema("Inbound"),
@@ -80,9 +85,9 @@ class FelixConfiguration(Resource):
                 "What natOutgoing leaves unmasqueraded: IPPoolsOnly (the default: traffic to"
                 " pods), or IPPoolsAndHostIPs (traffic to the nodes' addresses too).",
                 enum=NAT_EXCLUSIONS),
-        }, "Felix settings: the failsafe ports and natOutgoingExclusions are read, the others"
-           " kept as written.",
-            preserve_unknown=True),
+            **_CALICO,
+        }, "Felix settings: the failsafe ports and natOutgoingExclusions are read; Calico's"
+           " other settings are kept as written and ignored (docs/fields.md says why)."),
         status=free_form("Written by Calico; tabby neither writes nor reads it."))
     meta: ObjectMeta
     failsafe_inbound: tuple[ProtoPort, ...] | None = None  # None: not set here
@@ -92,7 +97,6 @@ class FelixConfiguration(Resource):
 
     @classmethod
     def parse_body(cls, meta: ObjectMeta, top: Fields) -> Self:
-        raw = top.raw("spec")
         f = top.map("spec")
         inbound = _ports(f, FAILSAFE_FIELDS[0])
         outbound = _ports(f, FAILSAFE_FIELDS[1])
@@ -100,12 +104,11 @@ class FelixConfiguration(Resource):
         if exclusions is not None and exclusions not in NAT_EXCLUSIONS:
             f.error("natOutgoingExclusions", f"{exclusions!r} is not one of"
                     f" {', '.join(NAT_EXCLUSIONS)}")
-        f.finish(ignore_unknown=True)  # other Felix settings are kept, not interpreted
+        kept = _calico_fields(f)
+        f.finish()
         top.raw("status")
         return cls(meta=meta, failsafe_inbound=inbound, failsafe_outbound=outbound,
-                   nat_outgoing_exclusions=exclusions,
-                   raw_spec={k: v for k, v in raw.items() if k not in _READ}
-                   if isinstance(raw, dict) else {})
+                   nat_outgoing_exclusions=exclusions, raw_spec=kept)
 
     def body(self) -> dict[str, Any]:
         spec = dict(self.raw_spec)
@@ -116,6 +119,20 @@ class FelixConfiguration(Resource):
         if self.nat_outgoing_exclusions is not None:
             spec["natOutgoingExclusions"] = self.nat_outgoing_exclusions
         return {"spec": spec}
+
+
+def _calico_fields(f: Fields) -> dict[str, Any]:
+    """Calico's other settings, type-checked against their schema and kept as written."""
+    kept: dict[str, Any] = {}
+    for name, schema in _CALICO.items():
+        value = f.raw(name)  # every name read: "did you mean" draws on all of them
+        if value is None:
+            continue
+        problems = validate(schema, value, f.at(name))
+        f.errors.extend(problems)
+        if not problems:
+            kept[name] = value
+    return kept
 
 
 def _ports(f: Fields, name: str) -> tuple[ProtoPort, ...] | None:

@@ -8,8 +8,11 @@ Once a host endpoint exists, traffic to and from the host through it is
 denied unless a policy allows it, except the failsafe ports
 (``tabby.model.felixconfig``). An endpoint with ``interfaceName`` is enforced
 on that interface; one with only ``expectedIPs`` on traffic to and from those
-addresses. ``expectedIPs`` also join the address sets of selectors that
-match the endpoint's labels. The profile ``projectcalico-default-allow``
+addresses. ``interfaceName: "*"`` (an all-interfaces host endpoint, Calico's
+``host-*``) is enforced on every interface of the node that is not a pod's
+and not named by another host endpoint (``tabby.policy.hostendpoints``).
+``expectedIPs`` also join the address sets of selectors that match the
+endpoint's labels. The profile ``projectcalico-default-allow``
 (alias ``tabby-default-allow``) turns the final deny into an allow.
 """
 
@@ -28,6 +31,7 @@ from tabby.model.workloadendpoint import EndpointPort
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 DEFAULT_ALLOW_PROFILES = frozenset({"projectcalico-default-allow", "tabby-default-allow"})
+ALL_INTERFACES = "*"
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +46,10 @@ class HostEndpointSpec:
     def default_allow(self) -> bool:
         return bool(DEFAULT_ALLOW_PROFILES.intersection(self.profiles))
 
+    @property
+    def all_interfaces(self) -> bool:
+        return self.interface_name == ALL_INTERFACES
+
 
 @register
 @dataclass(frozen=True, slots=True)
@@ -50,7 +58,9 @@ class HostEndpoint(Resource):
                     aliases=(CALICO_API,), short_names=("hep", "heps"))
     SCHEMA: ClassVar[KindSchema] = KindSchema(spec=obj({
         "node": string("The node the interface belongs to."),
-        "interfaceName": string("The interface under policy.", max_length=15),
+        "interfaceName": string("The interface under policy; \"*\": every interface of"
+                                " the node except pods' and those other host endpoints"
+                                " name.", max_length=15),
         "expectedIPs": array(string(), "The host's addresses on it."),
         "profiles": array(string(), "Profiles (projectcalico-default-allow: allow the rest)."),
         "ports": array(obj({
@@ -68,10 +78,10 @@ class HostEndpoint(Resource):
         f = top.map("spec")
         node = f.str("node", required=True)
         iface = f.str("interfaceName")
-        if iface == "*":
-            f.error("interfaceName", "'*' (every interface) is not supported; name one")
-        elif len(iface) > 15 or "/" in iface or " " in iface:
-            f.error("interfaceName", f"{iface!r} is not an interface name")
+        if iface != ALL_INTERFACES and (len(iface) > 15 or "/" in iface or " " in iface
+                                        or "*" in iface):
+            f.error("interfaceName", f"{iface!r} is not an interface name (or \"*\" for"
+                                     " every interface)")
         ips: list[IPAddress] = []
         for path, item in f.list("expectedIPs"):
             try:

@@ -119,7 +119,7 @@ class Node(Resource):
             a.finish()
         vxlan = _vxlan(f)
         f.raw("orchRefs")
-        f.finish(ignore_unknown=True)
+        f.finish()  # Calico's other Node fields are rejected with reasons (kindnotes)
         top.raw("status")
         spec = NodeSpec(NodeBGP(v4, v6, asn, rr), tuple(addresses), vxlan)  # type: ignore[arg-type]
         return cls(meta=meta, spec=spec)

@@ -1,13 +1,21 @@
 """tabby's ``NetworkPolicy`` (namespaced) and ``GlobalNetworkPolicy``, Calico v3 shaped.
 
 apiVersion ``tabby.dev/v1`` (``projectcalico.org/v3`` accepted). The spec:
-``order`` (lower first; absent = last), ``selector`` (which endpoints the
+``tier`` (``tabby.model.tier``; absent = ``default``), ``order`` (lower first
+within the tier; absent = last), ``selector`` (which endpoints the
 policy applies to), ``types`` (Ingress, Egress; defaults as Calico: Ingress
 when there are no egress rules, Egress when there are only egress rules,
 both when there are both), ``ingress`` / ``egress`` rules
 (``tabby.model.policyrules``), ``serviceAccountSelector``; the global kind
 adds ``namespaceSelector``, ``doNotTrack``, ``preDNAT`` and
-``applyOnForward``. Only the ``default`` tier exists.
+``applyOnForward``.
+
+Names as Calico 3.32+ takes them: the name is the name, with or without a
+tier-like prefix (``security.allow-dns`` and ``allow-dns`` are both fine in tier
+``security``), and only ``spec.tier`` places the policy. (Calico up to 3.31
+required the ``<tier>.`` prefix outside the default tier; those manifests carry
+``spec.tier`` too, so they apply unchanged.) The tier must exist when the policy
+is written (``tabby.store.client``, as Calico's client checks).
 
 The Kubernetes ``networking.k8s.io/v1`` NetworkPolicy is another kind
 (``tabby.model.k8spolicy``); both meet in ``tabby.policy``.
@@ -31,6 +39,7 @@ from tabby.model.schema import (
     obj,
     string,
 )
+from tabby.model.tier import DEFAULT_TIER, check_tier_name
 
 TYPES = ("Ingress", "Egress")
 
@@ -38,6 +47,7 @@ TYPES = ("Ingress", "Egress")
 @dataclass(frozen=True, slots=True)
 class PolicySpec:
     order: float | None = None
+    tier: str = DEFAULT_TIER
     selector: str = ""
     types: tuple[str, ...] = ("Ingress",)
     ingress: tuple[Rule, ...] = ()
@@ -49,7 +59,7 @@ class PolicySpec:
     apply_on_forward: bool = False
 
     def to_dict(self, *, global_: bool) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+        out: dict[str, Any] = {"tier": self.tier}
         if self.order is not None:
             out["order"] = int(self.order) if self.order == int(self.order) else self.order
         out["selector"] = self.selector or "all()"
@@ -73,8 +83,8 @@ class PolicySpec:
 def policy_schema(*, global_: bool) -> KindSchema:
     """The spec as ``parse_spec(global_=...)`` reads it."""
     fields: dict[str, Schema] = {
-        "tier": string("Only the default tier exists.", enum=("", "default")),
-        "order": number("Lower orders apply first; absent means last."),
+        "tier": string("The tier the policy belongs to (default: default); it must exist."),
+        "order": number("Lower orders apply first within the tier; absent means last."),
         "selector": string("The endpoints this policy applies to (a selector)."),
         "serviceAccountSelector": string("Endpoints by service account labels (a selector)."),
         "types": array(string(enum=TYPES), "Ingress, Egress (default from the rules)."),
@@ -104,9 +114,8 @@ def default_types(ingress: tuple[Rule, ...], egress: tuple[Rule, ...]) -> tuple[
 
 
 def parse_spec(f: Fields, *, global_: bool) -> PolicySpec:
-    tier = f.str("tier", "default")
-    if tier not in ("", "default"):
-        f.error("tier", f"{tier!r}: only the default tier exists in tabby")
+    tier = f.str("tier", DEFAULT_TIER) or DEFAULT_TIER
+    check_tier_name(f, "tier", tier)
     order = _order(f)
     sel = f.str("selector").strip() or "all()"  # empty: every endpoint, as written back
     check_selector(f, "selector", sel)
@@ -134,7 +143,8 @@ def parse_spec(f: Fields, *, global_: bool) -> PolicySpec:
             f.error("egress", "preDNAT policies have ingress rules only")
     f.raw("performanceHints")
     f.finish()
-    return PolicySpec(order=order, selector=sel, types=types, ingress=ingress, egress=egress,
+    return PolicySpec(order=order, tier=tier, selector=sel, types=types, ingress=ingress,
+                      egress=egress,
                       service_account_selector=sa_sel, namespace_selector=ns_sel,
                       do_not_track=dnt, pre_dnat=pre, apply_on_forward=forward)
 
@@ -172,7 +182,7 @@ class NetworkPolicy(Resource):
     """tabby's (Calico's) namespaced policy: ``networkpolicy.tabby.dev``."""
 
     KIND = KindInfo("NetworkPolicy", TABBY_GROUP, "v1", "networkpolicies", namespaced=True,
-                    aliases=(CALICO_API,), short_names=("cnp", "tnp"))
+                    aliases=(CALICO_API,), short_names=("tnp",))
     SCHEMA: ClassVar[KindSchema] = policy_schema(global_=False)
     meta: ObjectMeta
     spec: PolicySpec = PolicySpec()

@@ -38,6 +38,7 @@ __all__ = [
     "Schema",
     "array",
     "boolean",
+    "example",
     "field_paths",
     "free_form",
     "int_or_string",
@@ -248,6 +249,29 @@ def _check_object(schema: Schema, value: Mapping[str, Any], path: str,
 
 def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
+
+
+# -- examples -------------------------------------------------------------------------------
+
+def example(schema: Schema) -> Any:
+    """A value of ``schema``'s shape with every field set (enums: the first value; patterns
+    are not honoured): fills fully-populated test objects from a schema."""
+    if "enum" in schema:
+        return schema["enum"][0]
+    if schema.get("x-kubernetes-int-or-string"):
+        return 1
+    kind = schema.get("type")
+    if kind == "array":
+        return [example(schema.get("items", {}))]
+    if kind == "object" or schema.get("x-kubernetes-preserve-unknown-fields"):
+        if "properties" in schema:
+            return {name: example(sub) for name, sub in schema["properties"].items()}
+        if isinstance(schema.get("additionalProperties"), dict):
+            return {"key": example(schema["additionalProperties"])}
+        return {"any": 1}
+    scalars: dict[str, Any] = {"string": "x", "boolean": True, "number": 1.5,
+                               "integer": schema.get("minimum", 1)}
+    return scalars.get(str(kind), "x")
 
 
 # -- paths ----------------------------------------------------------------------------------

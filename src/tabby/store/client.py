@@ -5,7 +5,11 @@
 ``creationTimestamp`` on create), and runs admission: the per-object
 validation already happened in ``from_manifest``; here come the rules that
 need the old object (immutable fields) or other objects (pools must not
-overlap). ``update`` is compare-and-swap on ``meta.resource_version``.
+overlap; a policy's tier must exist; a built-in tier, or one that still holds
+policies, cannot be deleted: Calico's client rules; the built-in tiers are
+there for ``get`` and ``list`` whether stored or not, as Calico creates them at
+start). ``update`` is
+compare-and-swap on ``meta.resource_version``.
 
 The pool overlap rule holds under concurrent writers too. A check before the
 write alone would let two overlapping pools created at the same moment both
@@ -25,8 +29,19 @@ import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from tabby.errors import Conflict, NotFound, ValidationError
-from tabby.model import IPPool, Resource, check_pools
+from tabby.errors import Conflict, FieldError, NotFound, ValidationError
+from tabby.model import (
+    BUILTIN_TIERS,
+    GlobalNetworkPolicy,
+    IPPool,
+    NetworkPolicy,
+    Resource,
+    StagedGlobalNetworkPolicy,
+    StagedNetworkPolicy,
+    Tier,
+    check_pools,
+)
+from tabby.model.tier import builtin_tiers
 from tabby.store.base import Item, Key, Store
 
 R = TypeVar("R", bound=Resource)
@@ -61,7 +76,13 @@ class Client:
         self.store = store
 
     def get(self, cls: type[R], name: str, namespace: str = "") -> R:
-        return from_item(cls, self.store.get(key_for(cls, name, namespace)))
+        try:
+            return from_item(cls, self.store.get(key_for(cls, name, namespace)))
+        except NotFound:
+            builtin = _builtin(cls, name)
+            if builtin is None:
+                raise
+            return builtin
 
     def try_get(self, cls: type[R], name: str, namespace: str = "") -> R | None:
         try:
@@ -71,7 +92,13 @@ class Client:
 
     def list(self, cls: type[R], namespace: str | None = None, prefix: str = "") -> list[R]:
         listing = self.store.list(cls.KIND.resource, namespace, prefix)
-        return [from_item(cls, item) for item in listing]
+        out = [from_item(cls, item) for item in listing]
+        if cls is Tier:  # the built-in tiers exist, stored or not
+            stored = {o.meta.name for o in out}
+            out += [b for b in builtin_tiers() if b.meta.name not in stored  # type: ignore[misc]
+                    and b.meta.name.startswith(prefix)]
+            out.sort(key=lambda o: o.meta.name)
+        return out
 
     def create(self, obj: R) -> R:
         self._admit(obj, None)
@@ -101,6 +128,8 @@ class Client:
     def delete(self, cls: type[R], name: str, namespace: str = "",
                resource_version: str = "") -> R:
         revision = int(resource_version) if resource_version else None
+        if cls is Tier:
+            _admit_tier_delete(self, name)
         item = self.store.delete(key_for(cls, name, namespace), revision)
         return from_item(cls, item)
 
@@ -166,8 +195,48 @@ def _admit_pool(client: Client, obj: Resource) -> None:
     check_pools(obj, client.list(IPPool))
 
 
+def _builtin(cls: type[R], name: str) -> R | None:
+    """A built-in tier that is not stored, as Calico has it (it creates them at start)."""
+    if cls is not Tier:
+        return None
+    for tier in builtin_tiers():
+        if tier.meta.name == name:
+            return tier  # type: ignore[return-value]
+    return None
+
+
+def _admit_policy(client: Client, obj: Resource) -> None:
+    """The policy's tier must exist (Calico's client checks it on create)."""
+    assert isinstance(obj, NetworkPolicy | GlobalNetworkPolicy | StagedNetworkPolicy
+                      | StagedGlobalNetworkPolicy)  # staged ones live in tiers too
+    tier = obj.spec.tier
+    if tier not in BUILTIN_TIERS and client.try_get(Tier, tier) is None:
+        raise ValidationError(obj.ref, [FieldError(
+            "spec.tier", f"tier {tier!r} does not exist; apply a Tier named {tier!r} first")])
+
+
+def _admit_tier_delete(client: Client, name: str) -> None:
+    """Built-in tiers stay; a tier holding policies stays until they are gone or moved."""
+    if name in BUILTIN_TIERS:
+        raise ValidationError(f"Tier/{name}", [FieldError(
+            "", "is a built-in tier and cannot be deleted")])
+    policies: list[GlobalNetworkPolicy | NetworkPolicy] = [
+        *client.list(GlobalNetworkPolicy), *client.list(NetworkPolicy)]
+    holders = [p.ref for p in policies if p.spec.tier == name]
+    if holders:
+        shown = ", ".join(holders[:5]) + (f" and {len(holders) - 5} more"
+                                          if len(holders) > 5 else "")
+        raise ValidationError(f"Tier/{name}", [FieldError(
+            "", f"still holds {len(holders)} policies ({shown}); delete them or move them"
+                " to another tier first")])
+
+
 _ADMISSION: dict[str, Callable[[Client, Resource], None]] = {
     IPPool.KIND.resource: _admit_pool,
+    NetworkPolicy.KIND.resource: _admit_policy,
+    GlobalNetworkPolicy.KIND.resource: _admit_policy,
+    StagedNetworkPolicy.KIND.resource: _admit_policy,
+    StagedGlobalNetworkPolicy.KIND.resource: _admit_policy,
 }
 
 

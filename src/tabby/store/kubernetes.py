@@ -113,6 +113,9 @@ class KubernetesStore(Store):
         self.op_timeout = op_timeout
         self.watch_timeout = watch_timeout
         self.page_size = page_size
+        # True: every write is sent with dryRun=All (checked by the API server, not
+        # persisted): `tabby apply --dry-run=server` (tabby.store.dryrun).
+        self.dry_run = False
         self.api = api_client(kubeconfig)
         self._lock = threading.Lock()
         self._watches: list[Watch] = []
@@ -241,8 +244,14 @@ class KubernetesStore(Store):
         res = self._kept(key)
         body = body_of(res, key, value)
         obj = self.request("POST", res.collection(key.namespace), body=body,
-                           query={"fieldValidation": "Strict"}, what=f"create {key}")
+                           query=self._write_query(), what=f"create {key}")
         return item_of(key, obj)
+
+    def _write_query(self) -> dict[str, str]:
+        query = {"fieldValidation": "Strict"}
+        if self.dry_run:
+            query["dryRun"] = "All"
+        return query
 
     def update(self, key: Key, value: Value, revision: int) -> Item:
         return self._put(key, value, revision, status=False)
@@ -258,7 +267,7 @@ class KubernetesStore(Store):
         body["metadata"]["resourceVersion"] = str(revision)
         path = res.item(key.namespace, key.name) + ("/status" if status else "")
         try:
-            obj = self.request("PUT", path, body=body, query={"fieldValidation": "Strict"},
+            obj = self.request("PUT", path, body=body, query=self._write_query(),
                                what=f"update {key}")
         except APIError as e:
             if e.status == 400 and revision <= 0:  # "resourceVersion: Invalid value"
@@ -284,6 +293,7 @@ class KubernetesStore(Store):
                              "preconditions": {"resourceVersion": str(current.revision)}}
             try:
                 obj = self.request("DELETE", res.item(key.namespace, key.name), body=options,
+                                   query={"dryRun": "All"} if self.dry_run else None,
                                    what=f"delete {key}")
             except Conflict:
                 if revision is not None:
