@@ -1,10 +1,11 @@
 """Policy: store objects (YAML) in, the ``pol-*`` part of tabby's table as ``nft -f`` text out.
 
 Each ``policy/<case>.yaml`` starts with a header document naming the node to
-render (``render: node-1``); the other documents are manifests as ``tabby
-apply`` takes them (WorkloadEndpoints as the agent writes them). The expected
-text is ``policy/<case>.nft``; ``UPDATE_GOLDEN=1`` rewrites it. As root, every
-expected file must also pass ``nft -c`` (a dry run in a private namespace).
+render (``render: node-1``; ``counters: true`` turns per-rule counters on); the
+other documents are manifests as ``tabby apply`` takes them (WorkloadEndpoints as
+the agent writes them). The expected text is ``policy/<case>.nft``;
+``UPDATE_GOLDEN=1`` rewrites it. As root, every expected file must also pass
+``nft -c`` (a dry run in a private namespace).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ CASES = sorted(HERE.glob("*.yaml"))
 def rendered(case: Path) -> str:
     header, *docs = yaml.safe_load_all(case.read_text())
     snapshot = snapshot_of([parse_manifest(d) for d in docs])
-    return render_full(desired_policy(snapshot, header["render"]))
+    return render_full(desired_policy(snapshot, header["render"],
+                                      counters=bool(header.get("counters"))))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.stem for c in CASES])

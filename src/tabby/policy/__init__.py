@@ -30,12 +30,17 @@ Public API (stable; the conformance suite, the lab and the benchmarks use it):
 
 Readings of Calico where the brief left a choice:
 
-- One tier (``default``). ``Pass`` skips the remaining policies to the endpoint's
-  profile. A pod's profile is its namespace's, which allows: Pass = allowed (but
-  not by any later policy). Host endpoints have no profile unless they list
-  ``projectcalico-default-allow``: Pass = denied.
-- Kubernetes policies have order 1000; policies without ``order`` come last; ties by
-  kind and name (``gnp/...`` < ``knp/...`` < ``np/...``).
+- Tiers as Calico's (``tabby.policy.tiers``; the built-ins in
+  ``tabby.model.tier.BUILTIN_TIERS``): tiers in order, ``Pass`` ends the tier and
+  goes on to the next, a tier that decided nothing ends in its defaultAction.
+  Past the last tier, the endpoint's profile. A pod's profile is its
+  namespace's, which allows: a pass out of the last tier = allowed (but not by
+  any later policy). Host endpoints have no profile unless they list
+  ``projectcalico-default-allow``: a pass out of the last tier = denied; with
+  that profile, no end-of-tier deny either (as before tiers).
+- Kubernetes policies are in tier ``default`` at order 1000; policies without
+  ``order`` come last in their tier; ties by kind and name (``gnp/...`` <
+  ``knp/...`` < ``np/...``).
 - Traffic from a pod to its own node goes through the pod's egress policy and is then
   allowed (Calico's DefaultEndpointToHostAction=Accept); it never meets host
   endpoint policy. Node to pod goes through the pod's ingress policy.
@@ -49,5 +54,6 @@ Readings of Calico where the brief left a choice:
 - ICMPv6 neighbour discovery and MLD always pass (link-local ones even through
   anti-spoofing), or IPv6 would die under a default deny.
 - Marks: bits 0x10000 (allow) and 0x20000 (pass) of the packet mark, cleared before
-  and after use; no other feature may use them.
+  and after use (the pass bit also at the start of each tier); no other feature may
+  use them.
 """

@@ -58,6 +58,10 @@ class CompiledPolicy:
     def key(self) -> str:
         return self.policy.ref.key
 
+    @property
+    def tier(self) -> str:
+        return self.policy.spec.tier
+
     def rules(self, direction: str) -> tuple[IRRule, ...]:
         return self.ingress if direction == "ingress" else self.egress
 

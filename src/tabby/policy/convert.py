@@ -3,7 +3,7 @@
 tabby's ``NetworkPolicy`` and ``GlobalNetworkPolicy`` pass through. A
 Kubernetes NetworkPolicy is converted the way Calico converts it:
 
-- order 1000; it applies to pods (``projectcalico.org/orchestrator == 'k8s'``)
+- tier ``default``, order 1000; it applies to pods (``projectcalico.org/orchestrator == 'k8s'``)
   of its namespace matching ``podSelector``;
 - each rule becomes one Calico rule per peer (peers OR) and per protocol of its
   ports (ports of one protocol stay together, by number, range or name);
@@ -77,8 +77,13 @@ class Policy:
         return self.ref.namespace
 
     @property
+    def tier(self) -> str:
+        return self.spec.tier
+
+    @property
     def sort_key(self) -> tuple[float, str]:
-        """Calico's order: lower ``order`` first, no order last, then by name."""
+        """Calico's order within a tier: lower ``order`` first, no order last, then by
+        key (tiers come first: ``tabby.policy.tiers``)."""
         order = self.spec.order if self.spec.order is not None else math.inf
         return (order, self.ref.key)
 

@@ -8,7 +8,8 @@ Calico's combined view, so one selector evaluation covers every scope::
     projectcalico.org/orchestrator=k8s,             (pods only)
     projectcalico.org/serviceaccount=default,       (pods only)
     pcns.<key>=<value> ..., pcns.projectcalico.org/name=team   its namespace's labels
-    pcsa.projectcalico.org/name=default             its service account's labels
+    pcsa.<key>=<value> ..., pcsa.projectcalico.org/name=default
+                                                    its service account's labels (pods only)
 
 ``scoped()`` rewrites a namespace or service-account selector into that
 space (``pcns.`` / ``pcsa.`` prefixes; ``global()`` as a namespace selector
@@ -24,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import itertools
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -76,27 +78,60 @@ def namespace_labels(namespaces: Iterable[Namespace]) -> dict[str, dict[str, str
     return {n.meta.name: dict(n.meta.labels) for n in namespaces}
 
 
+_NS_NAME, _SA_NAME = NS_PREFIX + NAME, SA_PREFIX + NAME
+
+
 def _combined(own: Mapping[str, str], ns: str, ns_labels: Mapping[str, str] | None,
-              sa: str | None) -> dict[str, str]:
+              sa: str | None, sa_labels: Mapping[str, str] | None = None) -> dict[str, str]:
+    # Prefixed keys are interned: 10k entities share one copy of each, not 10k.
     labels = dict(own)
     if ns:
         labels[NAMESPACE] = ns
         for k, v in (ns_labels or {}).items():
-            labels[NS_PREFIX + k] = v
-        labels[NS_PREFIX + NAME] = ns
+            labels[sys.intern(NS_PREFIX + k)] = v
+        labels[_NS_NAME] = ns
     if sa is not None:
         labels[SERVICE_ACCOUNT] = sa
-        labels[SA_PREFIX + NAME] = sa
+        for k, v in (sa_labels or {}).items():
+            labels[sys.intern(SA_PREFIX + k)] = v
+        labels[_SA_NAME] = sa
     return labels
 
 
-def wep_entity(ep: WorkloadEndpoint, ns_labels: Mapping[str, Mapping[str, str]]) -> Entity:
+class LabelSets:
+    """One dict per distinct label set, shared by the entities that carry it (a workload's
+    pods have equal labels: 10k endpoints hold a few hundred sets). Entities never change
+    their labels, so sharing is safe; ``keep`` drops the sets no entity holds."""
+
+    def __init__(self) -> None:
+        self._held: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
+
+    def shared(self, labels: dict[str, str]) -> dict[str, str]:
+        return self._held.setdefault(tuple(labels.items()), labels)
+
+    def keep(self, alive: Iterable[Entity]) -> None:
+        held, self._held = self._held, {}
+        for e in alive:
+            key = tuple(e.labels.items())
+            got = held.get(key)
+            if got is e.labels:
+                self._held[key] = got
+
+
+def wep_entity(ep: WorkloadEndpoint, ns_labels: Mapping[str, Mapping[str, str]],
+               sa_labels: Mapping[tuple[str, str], Mapping[str, str]] | None = None,
+               label_sets: LabelSets | None = None) -> Entity:
+    """``sa_labels``: (namespace, name) -> a ServiceAccount's labels (none: no labels);
+    ``label_sets``: where equal label sets are shared (none: each entity its own)."""
     ns = ep.meta.namespace
     labels_of_ns = ns_labels.get(ns)
     if labels_of_ns is None:
         labels_of_ns = dict(ep.spec.namespace_labels)
     sa = ep.spec.service_account_name or "default"
-    return Entity(WEP, f"{ns}/{ep.meta.name}", _combined(ep.meta.labels, ns, labels_of_ns, sa),
+    labels_of_sa = (sa_labels or {}).get((ns, sa))
+    labels = _combined(ep.meta.labels, ns, labels_of_ns, sa, labels_of_sa)
+    return Entity(WEP, f"{ns}/{ep.meta.name}",
+                  label_sets.shared(labels) if label_sets is not None else labels,
                   namespace=ns, node=ep.spec.node, interface=ep.spec.interface_name,
                   addresses=tuple(n.network_address for n in ep.spec.ip_networks),
                   ports=ep.spec.ports, name=ep.spec.pod or ep.meta.name, source=ep)
@@ -192,7 +227,8 @@ class LabelIndex:
         self._values: dict[str, set[str]] = {}
         self._memo: dict[sel.Selector, int] = {}
         self._slot_of: dict[int, int] = {id(e): i for i, e in enumerate(entities)}
-        self._addr: dict[IPAddress, tuple[int, ...]] = {}  # address -> slots holding it
+        # address -> the slot holding it (an int: most addresses have one) or slots
+        self._addr: dict[IPAddress, int | tuple[int, ...]] = {}
         self._live: tuple[Entity, ...] | None = entities
         self.lineage = object()
         self._build()
@@ -210,7 +246,7 @@ class LabelIndex:
             assert e is not None
             for a in e.addresses:
                 addr.setdefault(a, []).append(i)
-        self._addr = {a: tuple(ix) for a, ix in addr.items()}
+        self._addr = {a: ix[0] if len(ix) == 1 else tuple(ix) for a, ix in addr.items()}
         size = len(self.slots)
         self._eq = {kv: to_mask(ix, size) for kv, ix in eq.items()}
         self._has = {k: to_mask(ix, size) for k, ix in has.items()}
@@ -253,9 +289,9 @@ class LabelIndex:
                 new._has[k] &= ~(1 << slot)
             del new._slot_of[id(e)]
             for a in e.addresses:
-                left = tuple(i for i in new._addr.get(a, ()) if i != slot)
+                left = tuple(i for i in _slots(new._addr.get(a, ())) if i != slot)
                 if left:
-                    new._addr[a] = left
+                    new._addr[a] = left[0] if len(left) == 1 else left
                 else:
                     new._addr.pop(a, None)
             slots[slot] = None
@@ -266,7 +302,8 @@ class LabelIndex:
             new._slot_of[id(e)] = slot
             placed.append((slot, e))
             for a in e.addresses:
-                new._addr[a] = (*new._addr.get(a, ()), slot)
+                held = new._addr.get(a)
+                new._addr[a] = slot if held is None else (*_slots(held), slot)
             for k, v in _pairs(e):
                 new._eq[(k, v)] = new._eq.get((k, v), 0) | 1 << slot
                 new._has[k] = new._has.get(k, 0) | 1 << slot
@@ -294,7 +331,7 @@ class LabelIndex:
     def address_mask(self, address: IPAddress) -> int:
         """The entities holding ``address`` (endpoints' addresses, not network sets' nets)."""
         m = 0
-        for i in self._addr.get(address, ()):
+        for i in _slots(self._addr.get(address, ())):
             m |= 1 << i
         return m
 
@@ -344,6 +381,10 @@ class LabelIndex:
 
     def members(self, mask: int) -> list[Entity]:
         return [e for e in (self.slots[i] for i in bits(mask)) if e is not None]
+
+
+def _slots(held: int | tuple[int, ...]) -> tuple[int, ...]:
+    return (held,) if isinstance(held, int) else held
 
 
 def to_mask(indices: list[int], size: int) -> int:

@@ -8,6 +8,8 @@ reuses last pass's work) and ``explain`` (any endpoint, ``node=None``, a one-off
     snapshot --entities--> LabelIndex --> SetBook        (who is in which set)
              --policies--> compile_policy (memoised per object) --> CompiledPolicy
              --> per endpoint and stage: the policy keys in evaluation order
+                 (tiers first, ``tabby.policy.tiers``; ``PolicyProgram.groups`` cuts
+                 them into one run per tier)
 
 Stages (Calico's): ``normal`` (workload endpoints; host endpoints for traffic
 to and from the host), ``forward`` (host endpoints, traffic routed through
@@ -33,9 +35,12 @@ from tabby.model import (
     NetworkPolicy,
     NetworkSet,
     Resource,
+    Tier,
     WorkloadEndpoint,
 )
 from tabby.model.felixconfig import ProtoPort, failsafe_ports
+from tabby.model.serviceaccount import ServiceAccount, account_labels
+from tabby.policy.clusternetworkpolicy import ClusterPolicies  # hook: CNP (see policies_of)
 from tabby.policy.compile import CompiledPolicy, compile_policy
 from tabby.policy.convert import from_resource
 from tabby.policy.index import (
@@ -43,6 +48,7 @@ from tabby.policy.index import (
     WEP,
     Entity,
     LabelIndex,
+    LabelSets,
     bits,
     gnetset_entity,
     hep_entity,
@@ -51,6 +57,7 @@ from tabby.policy.index import (
     wep_entity,
 )
 from tabby.policy.sets import SetBook
+from tabby.policy.tiers import TierGroup, TierTable, group_by_tier
 from tabby.snapshot import Snapshot
 
 STAGES = ("normal", "forward", "predNAT", "untracked")
@@ -78,6 +85,11 @@ class PolicyProgram:
     failsafe_in: tuple[ProtoPort, ...] = ()  # for ``node``
     failsafe_out: tuple[ProtoPort, ...] = ()
     felix: tuple[FelixConfiguration, ...] = ()
+    tiers: TierTable = field(default_factory=TierTable)
+
+    def groups(self, keys: tuple[str, ...]) -> tuple[TierGroup, ...]:
+        """An endpoint's policy keys (one stage and direction) in runs of one tier."""
+        return group_by_tier(keys, self.compiled, self.tiers)
 
     def failsafe(self, node: str) -> tuple[tuple[ProtoPort, ...], tuple[ProtoPort, ...]]:
         """(inbound, outbound) failsafe ports of ``node``."""
@@ -106,19 +118,25 @@ class ProgramBuilder:
         self._applied = _Applied()
         self._compiled = _Memo()
         self._order = _Order()
+        self._cluster = ClusterPolicies()  # ClusterNetworkPolicy's memo (its own module)
 
     def build(self, snapshot: Snapshot, node: str | None) -> PolicyProgram:
         index, book = self._indexes.next(self.entities_of(snapshot))
-        compiled = self.policies_of(snapshot)
-        return _program(snapshot, node, index, book, compiled, self._applied)
+        tiers = TierTable(snapshot.of(Tier))
+        compiled = self.policies_of(snapshot, tiers)
+        return _program(snapshot, node, index, book, compiled, self._applied, tiers)
 
     def entities_of(self, snapshot: Snapshot) -> tuple[Entity, ...]:
         """Every entity of the snapshot; an unchanged object gives the same Entity object."""
         ns_labels = namespace_labels(snapshot.namespaces)
         ns_keys = {name: tuple(sorted(labels.items())) for name, labels in ns_labels.items()}
+        sa_labels = account_labels(snapshot.of(ServiceAccount))
+        sa_keys = {k: tuple(sorted(v.items())) for k, v in sa_labels.items() if v}
         memo = self._entities
-        if ns_keys != memo.ns_keys:  # namespace labels changed: every entity afresh
-            memo.items, memo.ns_keys = {}, ns_keys
+        if ns_keys != memo.ns_keys or sa_keys != memo.sa_keys:
+            # namespace or service account labels changed: every entity afresh
+            memo.items, memo.ns_keys, memo.sa_keys = {}, ns_keys, sa_keys
+            memo.labels = LabelSets()
         items = memo.items
         # The bulk, endpoints, in C: look every one up by id (an entry keeps its object
         # alive, so an id found is that object's), compute only the misses.
@@ -129,7 +147,8 @@ class ProgramBuilder:
             for pos, got in enumerate(found):
                 if got is None:
                     ep = endpoints[pos]
-                    found[pos] = items[ids[pos]] = (ep, wep_entity(ep, ns_labels))
+                    found[pos] = items[ids[pos]] = (ep, wep_entity(ep, ns_labels, sa_labels,
+                                                                   memo.labels))
         out: list[Entity] = list(map(_SECOND, found))
         others: list[Resource] = [*snapshot.of(HostEndpoint), *snapshot.of(NetworkSet),
                                   *snapshot.of(GlobalNetworkSet)]
@@ -142,20 +161,27 @@ class ProgramBuilder:
             alive = set(ids)
             alive.update(map(id, others))
             memo.items = {k: v for k, v in items.items() if k in alive}
+            memo.labels.keep(out)
         return tuple(out)
 
-    def policies_of(self, snapshot: Snapshot) -> list[CompiledPolicy]:
-        """Every policy of the snapshot, compiled, in evaluation order."""
+    def policies_of(self, snapshot: Snapshot, tiers: TierTable) -> list[CompiledPolicy]:
+        """Every policy of the snapshot, compiled, in evaluation order: by tier (order,
+        then name), then by order within the tier, then by key."""
         objs: list[Resource] = [*snapshot.of(K8sNetworkPolicy), *snapshot.of(NetworkPolicy),
                                 *snapshot.of(GlobalNetworkPolicy)]
         out = [self._compiled.compiled(obj) for obj in objs]
         self._compiled.prune({id(o) for o in objs})
+        # Hook: ClusterNetworkPolicies, compiled by tabby.policy.clusternetworkpolicy (their
+        # nodes peers resolve against the snapshot's Nodes, so they are not from_resource's).
+        out += self._cluster.compiled(snapshot)
         found = [c for c in out if c is not None]
         order = self._order
-        if len(order.last) == len(found) and all(map(operator.is_, order.last, found)):
-            return list(order.ordered)  # the same policies as last pass: the same order
-        ordered = sorted(found, key=lambda c: c.policy.sort_key)
-        order.last, order.ordered = tuple(found), tuple(ordered)
+        if (order.tiers == tiers and len(order.last) == len(found)
+                and all(map(operator.is_, order.last, found))):
+            return list(order.ordered)  # the same policies and tiers: the same order
+        ordered = sorted(found, key=lambda c: (tiers.info(c.tier).sort_key,
+                                               c.policy.sort_key))
+        order.last, order.ordered, order.tiers = tuple(found), tuple(ordered), tiers
         return ordered
 
 
@@ -184,6 +210,8 @@ class _Entities:
     def __init__(self) -> None:
         self.items: dict[int, tuple[object, Entity]] = {}
         self.ns_keys: dict[str, tuple[tuple[str, str], ...]] | None = None
+        self.sa_keys: dict[tuple[str, str], tuple[tuple[str, str], ...]] | None = None
+        self.labels = LabelSets()  # equal label sets shared (tabby.policy.index)
 
 
 class _Indexes:
@@ -217,6 +245,7 @@ class _Order:
     def __init__(self) -> None:
         self.last: tuple[CompiledPolicy, ...] = ()
         self.ordered: tuple[CompiledPolicy, ...] = ()
+        self.tiers: TierTable | None = None
 
 
 def stages_of(c: CompiledPolicy) -> tuple[str, ...]:
@@ -229,7 +258,8 @@ def stages_of(c: CompiledPolicy) -> tuple[str, ...]:
 
 
 def _program(snapshot: Snapshot, node: str | None, index: LabelIndex, book: SetBook,
-             compiled: list[CompiledPolicy], memo: _Applied) -> PolicyProgram:
+             compiled: list[CompiledPolicy], memo: _Applied, tiers: TierTable
+             ) -> PolicyProgram:
     ours = index.kind_mask(WEP, HEP)
     if node is not None:
         ours &= index.node_mask(node)
@@ -268,7 +298,7 @@ def _program(snapshot: Snapshot, node: str | None, index: LabelIndex, book: SetB
     felix = snapshot.of(FelixConfiguration)
     fs_in, fs_out = failsafe_ports(felix, node or "")
     return PolicyProgram(node, index, book, {c.key: c for c in compiled},
-                         endpoints, fs_in, fs_out, felix)
+                         endpoints, fs_in, fs_out, felix, tiers)
 
 
 class _Memo:

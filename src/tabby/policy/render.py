@@ -52,8 +52,11 @@ def verdict(action: Action, *, untracked: bool, log_prefix: str) -> str:
 
 
 def render_rule(rule: IRRule, names: SetNames, comment: str, *, untracked: bool = False,
-                log_prefix: str = "tabby: ") -> list[Rule]:
-    """The nft rules for one IR rule (several when a match is an OR of sets)."""
+                log_prefix: str = "tabby: ", flow: str = "", counter: str = "") -> list[Rule]:
+    """The nft rules for one IR rule (several when a match is an OR of sets); with
+    ``flow`` (a flow log statement, ``tabby.policy.flowlog``), each is preceded by the
+    same matches logging the packet; with ``counter`` (a named counter), each counts
+    into it before its verdict."""
     ip = {4: "ip", 6: "ip6"}.get(rule.family, "")
     conj: list[list[str]] = []  # each entry: alternatives (OR); the entries AND
     has_addr = bool(rule.src.addrs or rule.dst.addrs
@@ -73,8 +76,12 @@ def render_rule(rule: IRRule, names: SetNames, comment: str, *, untracked: bool 
     for side, word, addr in ((rule.src, "sport", "saddr"), (rule.dst, "dport", "daddr")):
         conj += _ports(side, proto, word, f"{ip} {addr}", names)
     stmt = verdict(rule.action, untracked=untracked, log_prefix=log_prefix)
+    if counter:
+        stmt = f'counter name "{counter}" {stmt}'
     out = []
     for combo in itertools.product(*conj):
+        if flow:
+            out.append(Rule(" ".join((*combo, flow)), comment[:MAX_COMMENT]))
         body = " ".join((*combo, stmt))
         out.append(Rule(body, comment[:MAX_COMMENT]))
     return out
