@@ -15,8 +15,11 @@ changes, and golden tests compare it whole. Its shape::
                                              service ranges (never into the kernel)
     filter tabby_exportN (tabby_reflectN)    what peers get: our origins (+ routes
                                              reflected to clients on a route reflector)
+    function 'bgp_<filter>_...FilterVN'      BGPFilters the peers name (tabby.bgp.filters)
+    protocol bfd tabby_bfd                   when a session runs BFD
     template bgp tabby_bgp; protocol bgp ... one per peer; names say the kind:
-                                             Mesh_, Global_, Node_ + address
+                                             Mesh_, Global_, Node_ + address; peers
+                                             with BGPFilters get inline filters
 
 Graceful restart: every session announces it (``graceful restart on``,
 restart time 120 s unless the peer sets ``maxRestartTime``), so peers keep
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from tabby.bgp import filters
 from tabby.calc.bird import BirdConfig, Origin, Peer, desired_bird
 from tabby.model.bgpfields import Community
 from tabby.snapshot import Snapshot
@@ -67,6 +71,10 @@ def render(c: BirdConfig) -> str:
         lines += _kernel(c, v)
         lines += _statics(c, v)
         lines += _exports(c, v)
+        lines += filters.functions(c, v)
+    if any(p.bfd is not None for p in c.peers):
+        lines += ["# BFD: sessions with bfd set ask it to watch their neighbours.",
+                  "protocol bfd tabby_bfd {", "}", ""]
     if c.peers:
         lines += _template(c)
     for peer in c.peers:
@@ -163,16 +171,32 @@ def _peer(c: BirdConfig, p: Peer) -> list[str]:
         lines.append(f"  graceful restart time {p.restart_time};")
     if p.allow_local_as:
         lines.append(f"  allow local as {p.allow_local_as};")
+    if p.bfd is not None:
+        lines.append(f"  bfd {{ min rx interval {p.bfd.min_rx_ms} ms; min tx interval"
+                     f" {p.bfd.min_tx_ms} ms; multiplier {p.bfd.multiplier}; }};")
     if p.disabled:
         lines.append(f"  disabled;  # {p.disabled}")
     reflect = c.cluster_id is not None and p.as_number == c.as_number and any(
         k.version == p.version for k in c.kernel_pools)
-    export = f"tabby_reflect{p.version}" if reflect else f"tabby_export{p.version}"
-    lines += [f"  ipv{p.version} {{", "    import all;", f"    export filter {export};",
-              "    gateway recursive;"]
+    lines += [f"  ipv{p.version} {{", *_peer_filters(c, p, reflect), "    gateway recursive;"]
     if p.keep_next_hop:
         lines.append("    next hop keep;")
     return [*lines, "  };", "}", ""]
+
+
+def _peer_filters(c: BirdConfig, p: Peer, reflect: bool) -> list[str]:
+    v = p.version
+    if not p.filters:
+        export = f"tabby_reflect{v}" if reflect else f"tabby_export{v}"
+        return ["    import all;", f"    export filter {export};"]
+    defaults = [f'if proto = "tabby_origin{v}" then accept;']
+    if reflect:
+        pools = [k for k in c.kernel_pools if k.version == v]
+        defaults.append(f"if source = RTS_BGP && net ~ [ {_prefix_set(pools)} ] then accept;")
+    return ["    import filter {", *(f"      {x}" for x in filters.import_lines(c, p)), "    };",
+            "    export filter {",
+            *(f"      {x}" for x in filters.export_lines(c, p, f"tabby_tag{v}", defaults)),
+            "    };"]
 
 
 def _prefix_set(nets: Iterable[object]) -> str:

@@ -35,6 +35,11 @@ selected nodes outside its cluster are its route-reflector clients. Missing
 data has a defined answer: no Node object means no BGP at all; a family the
 node has no address of gets no sessions; a password whose Secret or key is
 missing keeps the session configured but disabled.
+
+BGPFilters (a BGPPeer's ``filters``, in order) apply to that BGPPeer's sessions
+only, never to the mesh (as in Calico); a name with no BGPFilter is skipped
+with a note. BFD: a BGPPeer's ``bfd`` on its sessions, ``nodeToNodeMeshBFD``
+on the mesh's.
 """
 
 from __future__ import annotations
@@ -48,9 +53,9 @@ from typing import TypeVar
 
 from tabby import selector
 from tabby.calc.route import borrowed_addresses, live_blocks
-from tabby.model import BGPConfiguration, BGPPeer, IPPool, Node, Secret
+from tabby.model import BGPConfiguration, BGPFilter, BGPPeer, IPPool, Node, Secret
 from tabby.model.bgpconfiguration import DEFAULT_AS, DEFAULT_NAME, DEFAULT_PORT, NODE_PREFIX
-from tabby.model.bgpfields import SECRET_NAMESPACE, Community, Password, password_problem
+from tabby.model.bgpfields import BFD, SECRET_NAMESPACE, Community, Password, password_problem
 from tabby.services.bgp import local_service_routes
 from tabby.snapshot import Snapshot
 
@@ -81,6 +86,7 @@ class Settings:
     advertisements: tuple[tuple[IPNetwork, tuple[Community, ...]], ...] = ()
     mesh_password: Password | None = None
     mesh_restart_time: int | None = None
+    mesh_bfd: BFD | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +116,8 @@ class Peer:
     restart_time: int | None = None
     allow_local_as: int = 0
     disabled: str = ""  # why the session is kept down; "" when it runs
+    filters: tuple[str, ...] = ()  # BGPFilter names, in order (all in BirdConfig.filters)
+    bfd: BFD | None = None  # enabled BFD settings, None for no BFD
 
     @property
     def version(self) -> int:
@@ -129,6 +137,7 @@ class BirdConfig:
     kernel_pools: tuple[IPNetwork, ...]  # BGP routes within these go into the kernel
     peers: tuple[Peer, ...]
     notes: tuple[str, ...] = ()  # what was left out, and why
+    filters: tuple[BGPFilter, ...] = ()  # those the peers name, by name
 
 
 def desired_bird(snapshot: Snapshot, node: str) -> BirdConfig:
@@ -141,7 +150,7 @@ def desired_bird(snapshot: Snapshot, node: str) -> BirdConfig:
     families = tuple(v for v in (4, 6) if me.address(v) is not None)
     rr = me.spec.bgp.route_reflector_cluster_id
     notes: list[str] = []
-    peers = _peers(snapshot, me, s, families, notes)
+    peers, filters = _with_filters(snapshot, _peers(snapshot, me, s, families, notes), notes)
     return BirdConfig(
         node=node, router_id=router_id(me, node), as_number=node_as(me, s),
         listen_port=s.listen_port, log_severity=s.log_severity, families=families,
@@ -149,7 +158,7 @@ def desired_bird(snapshot: Snapshot, node: str) -> BirdConfig:
         origins=_origins(snapshot, node, s, families),
         kernel_pools=tuple(p.spec.cidr for p in _pools(snapshot)
                            if p.spec.vxlan_mode == "Never" and p.version in families),
-        peers=peers, notes=tuple(notes))
+        peers=peers, notes=tuple(notes), filters=filters)
 
 
 # -- settings -----------------------------------------------------------------
@@ -168,7 +177,8 @@ def settings(snapshot: Snapshot, node: str) -> Settings:
                       *((n, "service load-balancer IPs")
                         for n in default.service_load_balancer_ips)),
             mesh_password=default.node_mesh_password,
-            mesh_restart_time=default.node_mesh_max_restart_time)
+            mesh_restart_time=default.node_mesh_max_restart_time,
+            mesh_bfd=_enabled(default.node_mesh_bfd))
     for spec in (default, mine):  # the node's own overrides what it sets
         if spec is None:
             continue
@@ -328,7 +338,7 @@ def _node_peer(snapshot: Snapshot, me: Node, s: Settings, other: Node, version: 
                 local_address=me.address(version), direct=_direct(me, address),
                 rr_client=client)
     if kind == MESH:
-        peer = dataclasses.replace(peer, restart_time=s.mesh_restart_time)
+        peer = dataclasses.replace(peer, restart_time=s.mesh_restart_time, bfd=s.mesh_bfd)
         return _with_password(snapshot, peer, s.mesh_password)
     return peer
 
@@ -337,7 +347,7 @@ def _with_options(snapshot: Snapshot, peer: Peer, bgp_peer: BGPPeer) -> Peer:
     spec = bgp_peer.spec
     peer = dataclasses.replace(
         peer, keep_next_hop=spec.keep_original_next_hop, restart_time=spec.max_restart_time,
-        allow_local_as=spec.num_allowed_local_as,
+        allow_local_as=spec.num_allowed_local_as, filters=spec.filters, bfd=_enabled(spec.bfd),
         local_address=peer.local_address if spec.source_address == "UseNodeIP" else None)
     return _with_password(snapshot, peer, spec.password)
 
@@ -361,6 +371,27 @@ def _with_password(snapshot: Snapshot, peer: Peer, password: Password | None) ->
             return dataclasses.replace(peer, password=value)
         why = f"its password ({ref}, key {password.secret_key!r}) {problem}"
     return dataclasses.replace(peer, disabled=why)
+
+
+def _with_filters(snapshot: Snapshot, peers: tuple[Peer, ...], notes: list[str]
+                  ) -> tuple[tuple[Peer, ...], tuple[BGPFilter, ...]]:
+    """Peers naming only BGPFilters that exist (a missing one is skipped, with a note),
+    and those filters."""
+    known = {f.meta.name: f for f in snapshot.of(BGPFilter)}
+    out: list[Peer] = []
+    used: set[str] = set()
+    for peer in peers:
+        missing = [n for n in peer.filters if n not in known]
+        notes += [f"{peer.source}: BGPFilter {n} does not exist; skipped for {peer.address}"
+                  for n in missing]
+        kept = tuple(dict.fromkeys(n for n in peer.filters if n in known))
+        used.update(kept)
+        out.append(dataclasses.replace(peer, filters=kept))
+    return tuple(out), tuple(known[n] for n in sorted(used))
+
+
+def _enabled(bfd: BFD | None) -> BFD | None:
+    return bfd if bfd is not None and bfd.enabled else None
 
 
 def _direct(me: Node, address: IPAddress) -> bool:
