@@ -2,12 +2,20 @@
 
 Both plugins are driven the same way (``bench.cnidrive``): one exec per ADD,
 the CNI environment, the network config on stdin (as a main plugin such as
-``bridge`` delegates it), first one at a time (the three targets interleaved
-call by call), then from 8 concurrent workers. tabby runs on SQLite (a fresh
-temp file per run, the pool written first) and on a real 3-member etcd
-cluster on loopback (a fresh node name per run, so each run starts without a
-block); host-local keeps its files in a fresh temp dataDir per run, range
-198.19.0.0/16. Every run ends with a count of what was allocated.
+``bridge`` delegates it), first one at a time (the targets interleaved call by
+call), then from 8 concurrent workers. tabby-ipam runs as a node runs it: a
+launcher like the ones ``tabby install-cni`` and the lab write (the real
+interpreter with ``-IS``: no site; this checkout and, for etcd's client, this
+virtualenv's site-packages on sys.path). One more sequential row runs the
+virtualenv's ``tabby-ipam`` console script (site and its .pth files imported
+first), for scale. tabby runs on SQLite (a fresh temp file per run, the pool
+written first) and on a real 3-member etcd cluster on loopback (a fresh node
+name per run, so each run starts without a block); host-local keeps its files
+in a fresh temp dataDir per run, range 198.19.0.0/16. Every run ends with a
+count of what was allocated. Kubernetes mode, when its programs are built: a
+real control plane on loopback (``tabby.kube.controlplane``) with tabby's CRDs,
+the datastore ``kubernetes:///ADMIN-KUBECONFIG``, a quarter of the ADDs, one at
+a time and from 8 workers, beside host-local's runs above.
 
 Separate rows give the IPAM library's own rate (``IPAM.assign`` in one
 process; in 8 processes at once, started together behind a barrier): no
@@ -16,14 +24,16 @@ process start-up, so not the same shape as the exec-per-ADD peer beside them.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import multiprocessing
 import secrets
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from queue import Empty
@@ -33,6 +43,7 @@ from bench.cnidrive import Run, Target, concurrent, sequential
 from bench.netns import BenchError
 from bench.report import Row
 from bench.session import Session
+from tabby.errors import TabbyError
 
 SECTION = "IPAM allocations"
 NETWORK = "tb-bench"
@@ -52,6 +63,22 @@ def tabby_ipam() -> Path:
     if not script.is_file():
         raise BenchError(f"{script} is missing: install tabby (make bootstrap)")
     return script
+
+
+def launcher(directory: Path) -> Path:
+    """``directory/tabby-ipam``: the plugin as install-cni's launcher runs it (the real
+    interpreter, ``-IS``), on this checkout, with this process's site-packages last on
+    sys.path (etcd's client; the SQLite path imports none of it)."""
+    from tabby.cni.install import import_root, real_interpreter
+
+    sites = [p for p in sys.path if p.endswith("site-packages")]  # this process's, .pth'd
+    path = directory / "tabby-ipam"
+    path.write_text(f"#!{real_interpreter()} -IS\n"
+                    f"import sys\nsys.path.insert(0, {str(import_root())!r})\n"
+                    f"sys.path += {sites!r}\n"
+                    "from tabby.ipam.plugin import main\nsys.exit(main())\n")
+    path.chmod(0o755)
+    return path
 
 
 def network_config(ipam: dict[str, Any]) -> dict[str, Any]:
@@ -90,6 +117,7 @@ class Stores:
     def __init__(self, tmp: Path, etcd_url: str | None) -> None:
         self.tmp = tmp
         self.etcd_url = etcd_url
+        self.plugin = launcher(tmp)
 
     def sqlite(self, run: str) -> str:
         url = f"sqlite://{self.tmp / f'{run}.db'}"
@@ -101,10 +129,10 @@ class Stores:
                 "ranges": [[{"subnet": str(POOL)}]]}
         return Target("host-local", str(HOST_LOCAL), network_config(ipam), CNI_PATH)
 
-    def tabby(self, url: str, node: str) -> Target:
+    def tabby(self, url: str, node: str, binary: Path | None = None) -> Target:
         ipam = {"type": "tabby-ipam", "datastore": url, "node": node,
                 "assign_ipv4": True, "assign_ipv6": False}
-        return Target("tabby-ipam", str(tabby_ipam()), network_config(ipam), CNI_PATH)
+        return Target("tabby-ipam", str(binary or self.plugin), network_config(ipam), CNI_PATH)
 
 
 def ids(run: str, count: int) -> list[str]:
@@ -132,9 +160,11 @@ def exec_rows(session: Session, stores: Stores, count: int) -> dict[str, Run]:
 
 
 def one_at_a_time(session: Session, stores: Stores, count: int) -> Run:
-    """tabby on SQLite, host-local and tabby on etcd, interleaved call by call."""
-    sq_url = stores.sqlite("seq")
-    targets = [stores.tabby(sq_url, "bench-seq"), stores.host_local("seq")]
+    """tabby on SQLite (launcher and console script), host-local and tabby on etcd,
+    interleaved call by call."""
+    sq_url, console_url = stores.sqlite("seq"), stores.sqlite("seq-console")
+    targets = [stores.tabby(sq_url, "bench-seq"), stores.host_local("seq"),
+               stores.tabby(console_url, "bench-seq", tabby_ipam())]
     if stores.etcd_url:
         targets.append(stores.tabby(stores.etcd_url, "bench-seq"))
     id_lists = [ids(f"s{k}", count) for k in range(len(targets))]
@@ -142,11 +172,16 @@ def one_at_a_time(session: Session, stores: Stores, count: int) -> Run:
     runs = sequential(targets, "ADD", id_lists)
     check_tabby(sq_url, id_lists[0])
     check_host_local(targets[1], id_lists[1])
+    check_tabby(console_url, id_lists[2])
     if stores.etcd_url:
-        check_tabby(stores.etcd_url, id_lists[2])
+        check_tabby(stores.etcd_url, id_lists[3])
     session.add(_row("exec per ADD, sequential, SQLite", runs[0], runs[1]))
+    session.add(_row("exec per ADD, sequential, SQLite, venv console script", runs[2], runs[1],
+                     f"{len(runs[2].latencies)} ADDs; p50 {runs[2].p50_ms:.1f} ms vs"
+                     f" {runs[1].p50_ms:.1f} ms per exec; site and the venv's .pth files"
+                     " imported first (a node runs the -IS launcher)"))
     if stores.etcd_url:
-        session.add(_row("exec per ADD, sequential, etcd (3 members)", runs[2], runs[1]))
+        session.add(_row("exec per ADD, sequential, etcd (3 members)", runs[3], runs[1]))
     return runs[1]
 
 
@@ -171,8 +206,8 @@ def all_at_once(session: Session, stores: Stores, count: int) -> Run:
 
 
 def _row(what: str, tabby: Run, peer: Run, note: str = "") -> Row:
-    text = note or (f"{len(tabby.latencies)} ADDs; p50 {tabby.p50_ms:.0f} ms vs"
-                    f" {peer.p50_ms:.0f} ms per exec")
+    text = note or (f"{len(tabby.latencies)} ADDs; p50 {tabby.p50_ms:.1f} ms vs"
+                    f" {peer.p50_ms:.1f} ms per exec")
     return Row(SECTION, what, tabby.ops_per_sec, "host-local (exec)", peer.ops_per_sec, UNIT,
                True, text)
 
@@ -271,6 +306,54 @@ def library_rows(session: Session, stores: Stores, count: int, peer: dict[str, R
                         UNIT, True, note.format(n=count)))
 
 
+# -- Kubernetes mode ----------------------------------------------------------------------
+
+K8S_SERVICE_RANGE = "198.18.128.0/20"
+CRDS = Path(__file__).resolve().parents[1] / "manifests" / "crds.yaml"
+
+
+@contextlib.contextmanager
+def api_server(tmp: Path) -> Iterator[str]:
+    """A real control plane (etcd, kube-apiserver, controller-manager, scheduler) with
+    tabby's CRDs applied; the ``kubernetes:///ADMIN-KUBECONFIG`` datastore URL."""
+    from tabby.kube import binaries
+    from tabby.kube.controlplane import ControlPlane
+
+    with ControlPlane(tmp / "k8s", service_ranges=[K8S_SERVICE_RANGE]) as cp:
+        kubectl = [binaries.program("kubectl"), "--kubeconfig", str(cp.admin_kubeconfig)]
+        for args in (["apply", "--server-side", "-f", str(CRDS)],
+                     ["wait", "--for=condition=Established", "--timeout=120s", "crd", "--all"]):
+            done = subprocess.run([*kubectl, *args], capture_output=True, text=True,
+                                  timeout=180, check=False)
+            if done.returncode != 0:
+                raise BenchError(f"kubectl {args[0]}: {done.stderr.strip()}")
+        url = f"kubernetes://{cp.admin_kubeconfig}"
+        write_pool(url)
+        yield url
+
+
+def kubernetes_rows(session: Session, stores: Stores, count: int, peer: dict[str, Run]) -> None:
+    """tabby-ipam on the Kubernetes API (tabby's CRDs on a real kube-apiserver), one at a
+    time and from 8 workers, beside host-local's runs above."""
+    from tabby.kube import binaries
+    try:
+        binaries.bin_dir()
+    except TabbyError as e:
+        session.log(f"Kubernetes mode skipped: {e}")
+        return
+    with api_server(stores.tmp) as url:
+        run_ids = ids("sk8", count)
+        session.log(f"{count} ADDs one at a time on the Kubernetes API")
+        run = sequential([stores.tabby(url, "bench-k8s-seq")], "ADD", [run_ids])[0]
+        check_tabby(url, run_ids)
+        session.add(_row("exec per ADD, sequential, Kubernetes API", run, peer["seq"]))
+        run_ids = ids("ck8", count)
+        run = concurrent(stores.tabby(url, "bench-k8s-conc"), "ADD", run_ids, WORKERS)
+        check_tabby(url, run_ids)
+        session.add(_row(f"exec per ADD, {WORKERS} concurrent, Kubernetes API", run,
+                         peer["conc"]))
+
+
 def run(session: Session) -> None:
     count = 40 if session.quick else 200
     if not HOST_LOCAL.is_file():
@@ -286,6 +369,8 @@ def run(session: Session) -> None:
             etcd_url = cluster.url
         stores = Stores(tmp, etcd_url)
         peer = exec_rows(session, stores, count)
+        with session.part("Kubernetes mode"):
+            kubernetes_rows(session, stores, count // 4, peer)
         with session.part("library rates"):
             library_rows(session, stores, 2 * count, peer)
     finally:

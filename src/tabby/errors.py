@@ -3,6 +3,7 @@
     TabbyError
      ├── ValidationError        a resource or input failed validation (carries FieldErrors)
      ├── ConfigError            bad configuration (datastore URL, CNI network config, ...)
+     │    └── UsageError        the command line itself is wrong (the CLI exits 2)
      ├── SelectorError          a label selector does not parse (names the position)
      ├── StoreError             the datastore refused or failed
      │    ├── NotFound          no object under that key
@@ -30,7 +31,8 @@
 Not in the tree, on purpose: exceptions that steer control flow inside one
 module and never reach a caller (``tabby.nft.render.TypeChanged``: a set
 changed its type, render the whole table instead of a delta;
-``tabby.store.etcd._NotConnected``: try the next endpoint).
+``tabby.store.etcd._NotConnected``: try the next endpoint;
+``tabby.ipam.fastpath._Decline``: leave this request to the IPAM engine).
 ``tests/unit/test_errors.py`` walks every module and holds the tree to this
 drawing.
 
@@ -126,6 +128,10 @@ class ValidationError(TabbyError):
 
 class ConfigError(TabbyError):
     """Bad configuration: a datastore URL, a CNI network config, a flag."""
+
+
+class UsageError(ConfigError):
+    """The command line itself is wrong: the CLI prints the subcommand's usage, exits 2."""
 
 
 class SelectorError(TabbyError):

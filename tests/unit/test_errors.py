@@ -23,6 +23,8 @@ CONTROL_FLOW = {
     "TypeChanged",
     # tabby.store.etcd: a watch could not reach its endpoint, move on to the next one.
     "_NotConnected",
+    # tabby.ipam.fastpath: not tabby-ipam's steady state, leave the request to the engine.
+    "_Decline",
 }
 # TabbyErrors defined outside errors.py (drawn in the tree all the same).
 DEFINED_ELSEWHERE = {

@@ -17,6 +17,7 @@ from tabby.model import (
     IPAMConfiguration,
     IPAMHandle,
     IPPool,
+    IPReservation,
     Node,
     ObjectMeta,
     affinity_name,
@@ -375,7 +376,9 @@ def test_steady_state_assign_does_not_scan_blocks() -> None:
     for i in range(20):
         ipam.assign(f"h{i}", "n1", num_v6=0)
     assert IPAMBlock.KIND.resource not in store.lists
-    assert set(store.lists) == {IPPool.KIND.resource, BlockAffinity.KIND.resource}
+    assert set(store.lists) == {IPPool.KIND.resource, BlockAffinity.KIND.resource,
+                                IPReservation.KIND.resource}
+    assert store.lists.count(IPReservation.KIND.resource) == 20  # one list per assign
 
 
 def test_unrelated_config_is_ignored(client: Client, v4: IPAM) -> None:

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from collections.abc import Iterable, Mapping
+import itertools
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from tabby.model.ipam import AllocationAttribute, IPAMBlockSpec
@@ -75,10 +76,15 @@ def ordinal_of(spec: IPAMBlockSpec, ip: IPAddress) -> int | None:
     return int(ip) - int(spec.cidr.network_address)
 
 
-def allocate(spec: IPAMBlockSpec, count: int, handle_id: str, attrs: Mapping[str, str]
+def allocate(spec: IPAMBlockSpec, count: int, handle_id: str, attrs: Mapping[str, str],
+             skip: Callable[[int], bool] | None = None
              ) -> tuple[IPAMBlockSpec, tuple[int, ...]]:
-    """Hand out up to ``count`` ordinals, in ``unallocated`` order, to one new attribute."""
-    take = spec.unallocated[:count]
+    """Hand out up to ``count`` ordinals, in ``unallocated`` order, to one new attribute.
+    Ordinals ``skip`` names (IPReservations) stay unallocated, in their place."""
+    if skip is None:
+        take = spec.unallocated[:count]
+    else:
+        take = tuple(itertools.islice((o for o in spec.unallocated if not skip(o)), count))
     if not take:
         return spec, ()
     index = len(spec.attributes)
@@ -87,9 +93,16 @@ def allocate(spec: IPAMBlockSpec, count: int, handle_id: str, attrs: Mapping[str
     for o in take:
         allocations[o] = index
     new = dataclasses.replace(
-        spec, allocations=tuple(allocations), unallocated=spec.unallocated[len(take):],
+        spec, allocations=tuple(allocations), unallocated=_without(spec.unallocated, take),
         attributes=(*spec.attributes, attribute))
     return new, tuple(take)
+
+
+def _without(unallocated: tuple[int, ...], taken: tuple[int, ...]) -> tuple[int, ...]:
+    if unallocated[:len(taken)] == taken:  # the usual case: taken from the front
+        return unallocated[len(taken):]
+    gone = set(taken)
+    return tuple(o for o in unallocated if o not in gone)
 
 
 def release(spec: IPAMBlockSpec, ordinals: Iterable[int]) -> IPAMBlockSpec:

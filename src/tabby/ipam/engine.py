@@ -19,6 +19,12 @@ assign(handle, node, ...), per IP version::
          (then only from blocks nobody is affine to)
       4. PoolExhausted
 
+IPReservations (``tabby.ipam.reserved``) are read once per call that has
+something to assign (one list, not a read per address or block): reserved
+addresses inside a block are skipped, and a block reserved whole is neither
+claimed (a reserved run of blocks is jumped over) nor borrowed. Addresses
+held before a reservation appeared stay held (``ipam check`` reports them).
+
 Inside a block: handle count += n (CAS) *before* the block update (CAS), so a
 crash between leaves a handle that over-counts (release repairs it), never an
 allocation nobody can find. A block update that failed without an answer
@@ -42,12 +48,14 @@ from tabby.ipam import blocks as blk
 from tabby.ipam.blocks import Reservation
 from tabby.ipam.pools import block_cidrs, block_for, pool_of, usable_pools
 from tabby.ipam.records import UNKNOWN, Held, Records, Select
+from tabby.ipam.reserved import NONE, Reserved
 from tabby.model import (
     BlockAffinity,
     IPAMBlock,
     IPAMConfiguration,
     IPAMHandle,
     IPPool,
+    IPReservation,
     Node,
     block_name,
 )
@@ -97,6 +105,7 @@ class _Request:
     attrs: dict[str, str]
     handle: IPAMHandle | object | None  # as last written/read, or UNKNOWN
     taken: list[Held] = field(default_factory=list)
+    reserved: Reserved = NONE
     _config: IPAMConfigSpec | None = None
 
 
@@ -120,14 +129,16 @@ class IPAM:
                attrs: Mapping[str, str] | None = None, pools_v4: Sequence[str] = (),
                pools_v6: Sequence[str] = (), *, pools: Sequence[IPPool] | None = None,
                labels: Mapping[str, str] | None = None,
-               handle: IPAMHandle | object | None = UNKNOWN) -> Assignment:
+               handle: IPAMHandle | object | None = UNKNOWN,
+               reserved: Reserved | None = None) -> Assignment:
         """Give ``handle_id`` ``num_v4`` IPv4 and ``num_v6`` IPv6 addresses (idempotent:
         what the handle already holds counts; all of it is returned).
 
         A caller that already holds the pools, the node's labels or the handle as
         just read (the agent: from its cache, and its own read) passes them, saving
         the round trips; every write is still compare-and-swap, so a stale view
-        costs a retry, never a duplicate."""
+        costs a retry, never a duplicate. ``reserved`` (the IPReservations) is
+        listed here when not given."""
         if handle is UNKNOWN:
             handle = self.records.handle(handle_id)
         assert handle is None or isinstance(handle, IPAMHandle)
@@ -140,7 +151,9 @@ class IPAM:
         labels = dict(labels) if labels is not None else self._labels(node, pools_all)
         chosen = {v: usable_pools(pools_all, v, node, labels, want[v][1])
                   for v in (4, 6) if need[v] > 0}  # fails before anything is taken
-        req = _Request(handle_id, node, dict(attrs or {}), handle)
+        if reserved is None:
+            reserved = Reserved.of(self.client.list(IPReservation))
+        req = _Request(handle_id, node, dict(attrs or {}), handle, reserved=reserved)
         try:
             for version, pools in chosen.items():
                 self._assign_family(req, version, need[version], pools)
@@ -174,7 +187,7 @@ class IPAM:
             if need <= 0 or not config.auto_allocate_blocks or (
                     config.max_blocks_per_host and claimed >= config.max_blocks_per_host):
                 break
-            new = self._claim(req.node, pools, config)
+            new = self._claim(req.node, pools, config, req.reserved)
             if new is None:
                 break
             claimed += 1
@@ -183,14 +196,14 @@ class IPAM:
         mode = "strict" if config.strict_affinity else "borrow"
         if need > 0:  # borrow: blocks of other nodes (or of nobody, under strictAffinity)
             others = [b for b in self.client.list(IPAMBlock)
-                      if b.spec.cidr not in tried and b.spec.unallocated
+                      if b.spec.cidr not in tried and req.reserved.free_count(b.spec)
                       and pool_of(pools, b.spec.cidr) and _accepts(b, req.node, mode)]
             for block in sorted(others, key=lambda b: rank(b.spec.cidr)):
                 need -= self._take(req, block.spec.cidr, need, mode, block)
                 if need == 0:
                     break
         if need > 0:
-            raise PoolExhausted(_exhausted(req.node, version, pools, config))
+            raise PoolExhausted(_exhausted(req.node, version, pools, config, req.reserved))
 
     def _take(self, req: _Request, cidr: IPNetwork, want: int, mode: str,
               block: IPAMBlock | None = None) -> int:
@@ -200,7 +213,8 @@ class IPAM:
         block = block or self.records.block(cidr)
         if block is None or not _accepts(block, req.node, mode):
             return 0
-        promised = min(want, len(block.spec.unallocated))
+        skip = req.reserved.skip(cidr)
+        promised = min(want, req.reserved.free_count(block.spec))
         if promised == 0:
             return 0
         # the handle first, so an allocation is never without its handle
@@ -211,7 +225,7 @@ class IPAM:
         # handle (the runtime's DEL) finds that allocation; an over-count is repaired
         # by release, while an allocation without its handle would leak for good.
         got = self.records.allocate(block, req.handle_id, promised, req.attrs,
-                                    lambda b: _accepts(b, req.node, mode))
+                                    lambda b: _accepts(b, req.node, mode), skip)
         if len(got) < promised:
             req.handle = self.records.count(req.handle_id, cidr, len(got) - promised)
         req.taken.extend((blk.address(block.spec, o), cidr) for o in got)
@@ -225,15 +239,19 @@ class IPAM:
             if block is not None and block.node == node:
                 self.records.confirm(node, aff.spec.cidr)
 
-    def _claim(self, node: str, pools: list[IPPool], config: IPAMConfigSpec) -> IPNetwork | None:
-        """Claim the lowest free block of the first pool that has one; None if none has."""
+    def _claim(self, node: str, pools: list[IPPool], config: IPAMConfigSpec,
+               reserved: Reserved = NONE) -> IPNetwork | None:
+        """Claim the lowest free block of the first pool that has one (not reserved whole);
+        None if none has."""
         if self.known_blocks is not None:
             existing = {str(cidr) for cidr in self.known_blocks()}
         else:
             existing = {str(i.value.get("spec", {}).get("cidr", "")) for i in
                         self.client.store.list(IPAMBlock.KIND.resource)}
         for pool in pools:
-            for cidr in block_cidrs(pool):
+            cidrs = reserved.blocks(pool.spec.cidr, pool.spec.block_size) if reserved \
+                else block_cidrs(pool)
+            for cidr in cidrs:
                 if str(cidr) not in existing and self.records.claim(
                         node, cidr, strict_affinity=config.strict_affinity,
                         reservation=self.reservations.get(cidr.version)):
@@ -389,9 +407,12 @@ def _accepts(block: IPAMBlock, node: str, mode: str) -> bool:
     return block.spec.affinity is None if mode == "strict" else True
 
 
-def _exhausted(node: str, version: int, pools: list[IPPool], config: IPAMConfigSpec) -> str:
+def _exhausted(node: str, version: int, pools: list[IPPool], config: IPAMConfigSpec,
+               reserved: Reserved = NONE) -> str:
     names = ", ".join(f"{p.meta.name} ({p.spec.cidr})" for p in pools)
     hints = []
+    if any(reserved.overlapping(p.spec.cidr) for p in pools):
+        hints.append("IPReservations hold back part of these pools (tabby get ipreservations)")
     if config.strict_affinity:
         hints.append("strictAffinity forbids borrowing from other nodes' blocks")
     if config.max_blocks_per_host:

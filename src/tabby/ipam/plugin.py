@@ -37,7 +37,17 @@ reference plugins' CHECK compares routes literally). Blocks of size /31, /32
 
 The invocation (CNI_* variables, stdin, cniVersion, CNI_ARGS, VERSION) is
 read and checked by :mod:`tabby.cni.frontend`, exactly as for tabby-cni; this
-module does the IPAM work on the request it accepted. Errors are CNI error
+module does the IPAM work on the request it accepted.
+
+The exec path is paid on every pod. On SQLite, ADD and DEL run in
+:mod:`tabby.ipam.fastpath` (standard library and tabby's cheap modules only:
+no model, typing, dataclasses, ipaddress or json), one transaction each, taken
+in the store's exec queue (a flock: eight concurrent execs hand the write lock
+on at once instead of sleeping in SQLite's busy handler); the rest (CHECK,
+STATUS, GC, other datastores, and what the fast path declines) runs the engine,
+on SQLite in one transaction. The process ends with ``os._exit`` (see ``main``):
+no close-time checkpoint, the WAL is trimmed every megabyte instead
+(``tabby.store.sqlitedb.trim_wal``). Errors are CNI error
 objects on stdout with a non-zero exit, never a traceback: the front-end's
 (1 incompatible cniVersion, 4 invalid CNI_* variables or CNI_ARGS, 6
 malformed JSON, 7 invalid network config) and this plugin's own: 7 invalid
@@ -49,9 +59,6 @@ unexpected.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn
 
 from tabby.cni import frontend, wire
 from tabby.errors import (
@@ -68,19 +75,28 @@ from tabby.errors import (
     TabbyError,
     ValidationError,
 )
+from tabby.ipam.pluginconfig import Config, read_config
 
-if TYPE_CHECKING:  # ipaddress, json and socket load on use: VERSION needs none of them
-    import ipaddress
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs every pod ~3 ms
+if TYPE_CHECKING:  # the engine loads on use: VERSION and the SQLite fast path need none of it
+    import contextlib
+    import sqlite3
+    from collections.abc import Callable, Mapping
+    from typing import Any, NoReturn, TypeVar
 
-    from tabby.cni.protocol import CNIRequest
     from tabby.ipam.engine import IPAM, Assignment
+    from tabby.store import sqlitedb
     from tabby.store.client import Client
 
-    IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
-    IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-    IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+    Address = tuple[str, int, str | None]  # address/prefix, IP version, gateway (as text)
+    Route = tuple[str, int, str | None]  # dst CIDR, its IP version, gw (as text)
+    T = TypeVar("T")
 
 NAME = "tabby-ipam"
+# What the blocks tabby-ipam claims hold back (the engine's Reservation: ordinals at the
+# start, at the end, and a note), per IP version: see the docstring.
+RESERVE = {4: (2, 1, "network, gateway, broadcast"), 6: (2, 0, "subnet-router anycast, gateway")}
+BUSY_TIMEOUT = 30.0  # seconds an exec waits for SQLite's write lock (as SQLiteStore)
 
 # tabby-ipam's own codes (the spec leaves 100 and up to each plugin).
 E_EXHAUSTED, E_NO_POOL, E_CHECK = 100, 101, 102
@@ -90,124 +106,51 @@ def _fail(code: int, msg: str, details: str = "") -> NoReturn:
     raise CNIError(code, msg, details)
 
 
-@dataclass(frozen=True, slots=True)
-class Config:
-    version: str
-    network: str
-    datastore: str
-    node: str
-    assign_v4: bool
-    assign_v6: bool
-    pools_v4: tuple[str, ...]
-    pools_v6: tuple[str, ...]
-    routes: tuple[tuple[IPNetwork, IPAddress | None], ...]
-    raw: Mapping[str, Any]
-
-
 # -- entry point ------------------------------------------------------------------------
 
 
-def main() -> int:
-    """Console entry point (``tabby-ipam``)."""
+def main() -> NoReturn:
+    """Console entry point (``tabby-ipam``): answer, then end the process at once.
+
+    ``os._exit`` once the answer is written and flushed skips the interpreter's
+    teardown and, above all, SQLite's checkpoint when the last connection to the
+    store closes (two fsyncs, then a new WAL and two more for the next process).
+    What was committed is in the WAL and the next opener reads it: WAL with
+    ``synchronous = NORMAL`` promises survival of a process crash, and this exit is
+    one, as far as the file can tell (tabby.store.sqlitedb)."""
     env = os.environ
-    return frontend.main(NAME, lambda request: _serve(request, env))
+    code = frontend.main(NAME, lambda request: _serve(request, env, keep_open=True))
+    os._exit(code)
 
 
 def run(env: Mapping[str, str], stdin: bytes) -> tuple[int, bytes]:
     """One invocation: (exit status, stdout bytes). Never raises."""
-    return frontend.serve(NAME, lambda request: _serve(request, env), env, stdin)
+    return frontend.serve(NAME, lambda request: _serve(request, env, keep_open=False),
+                          env, stdin)
 
 
-def _serve(request: dict[str, Any], env: Mapping[str, str]) -> bytes:
+def _serve(request: dict[str, Any], env: Mapping[str, str], *, keep_open: bool) -> bytes:
     """A request the front-end accepted: the result on stdout, or nothing (DEL, CHECK, ...)."""
-    import json
+    result = _dispatch(read_config(request, env, keep_open))
+    if result is None:
+        return b""
+    from tabby.ipam.rawrecords import make_dumps
 
-    from tabby.cni.protocol import CNIRequest
-
-    req = CNIRequest.from_wire(request)
-    result = _dispatch(req, _config(req, env))
-    return b"" if result is None else (json.dumps(result) + "\n").encode()
-
-
-# -- configuration ------------------------------------------------------------------------
-
-
-def _config(req: CNIRequest, env: Mapping[str, str]) -> Config:
-    ipam = req.config.get("ipam")
-    if not isinstance(ipam, dict):
-        _fail(ERR_INVALID_CONFIG,
-              "network config needs an \"ipam\" object ({\"type\": \"tabby-ipam\", ...})")
-    import socket
-
-    from tabby.store import DEFAULT_URL, ENV
-    return Config(
-        version=req.cni_version, network=req.network_name,
-        datastore=_str(ipam, "datastore") or env.get(ENV) or DEFAULT_URL,
-        node=_str(ipam, "node") or env.get("TABBY_NODE") or socket.gethostname(),
-        assign_v4=_flag(ipam, "assign_ipv4", True), assign_v6=_flag(ipam, "assign_ipv6", False),
-        pools_v4=_names(ipam, "ipv4_pools"), pools_v6=_names(ipam, "ipv6_pools"),
-        routes=_routes(ipam.get("routes")), raw=req.config)
-
-
-def _str(ipam: Mapping[str, Any], key: str) -> str:
-    value = ipam.get(key, "")
-    if not isinstance(value, str):
-        _fail(ERR_INVALID_CONFIG, f"ipam.{key} must be a string, not {value!r}")
-    return value
-
-
-def _flag(ipam: Mapping[str, Any], key: str, default: bool) -> bool:
-    value = ipam.get(key, default)
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"  # Calico's configs write "true"
-    if not isinstance(value, bool):
-        _fail(ERR_INVALID_CONFIG, f"ipam.{key} must be true or false, not {value!r}")
-    return value
-
-
-def _names(ipam: Mapping[str, Any], key: str) -> tuple[str, ...]:
-    value = ipam.get(key, [])
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        _fail(ERR_INVALID_CONFIG,
-              f"ipam.{key} must be a list of pool names or CIDRs, not {value!r}")
-    return tuple(value)
-
-
-def _routes(value: object) -> tuple[tuple[IPNetwork, IPAddress | None], ...]:
-    import ipaddress
-
-    if value is None:
-        return ()
-    if not isinstance(value, list):
-        _fail(ERR_INVALID_CONFIG,
-              f"ipam.routes must be a list of {{dst: CIDR, gw: IP}}, not {value!r}")
-    routes = []
-    for i, r in enumerate(value):
-        try:
-            dst = ipaddress.ip_network(r["dst"])
-            gw = ipaddress.ip_address(r["gw"]) if r.get("gw") else None
-        except (TypeError, KeyError, ValueError, AttributeError) as e:
-            _fail(ERR_INVALID_CONFIG,
-                  f"ipam.routes[{i}] is not {{\"dst\": CIDR, \"gw\": IP}}: {r!r}", str(e))
-        if gw is not None and gw.version != dst.version:
-            _fail(ERR_INVALID_CONFIG,
-                  f"ipam.routes[{i}]: gw {gw} is not of the family of {dst}")
-        routes.append((dst, gw))
-    return tuple(routes)
+    return (make_dumps(compact=False)(result) + "\n").encode()
 
 
 # -- commands ---------------------------------------------------------------------------
 
 
-def _dispatch(req: CNIRequest, cfg: Config) -> dict[str, Any] | None:
-    command = req.command
+def _dispatch(cfg: Config) -> dict[str, Any] | None:
+    command = cfg.command
     try:
         if command == "ADD":
-            return _add(cfg, req)
+            return _add(cfg)
         if command == "DEL":
-            _delete(cfg, req)
+            _delete(cfg)
         elif command == "CHECK":
-            _check(cfg, req)
+            _check(cfg)
         elif command == "STATUS":
             _status(cfg)
         else:
@@ -230,87 +173,158 @@ def _dispatch(req: CNIRequest, cfg: Config) -> dict[str, Any] | None:
         _fail(ERR_INTERNAL, "tabby-ipam failed", str(e))
 
 
+def _sqlite_path(url: str) -> str | None:
+    """The file of a ``sqlite:///PATH`` datastore; None for any other (or a bad one:
+    the engine's open_store names what is wrong)."""
+    scheme, _, rest = url.partition("://")
+    return rest if scheme == "sqlite" and rest.startswith("/") else None
+
+
+def _queue(cfg: Config) -> sqlitedb.ExecQueue | None:
+    """The exec queue of a SQLite datastore (tabby.store.sqlitedb.ExecQueue), not taken."""
+    from tabby.store import sqlitedb
+
+    path = _sqlite_path(cfg.datastore)
+    return sqlitedb.ExecQueue(path) if path is not None else None
+
+
+def _fast(cfg: Config, queue: sqlitedb.ExecQueue,
+          work: Callable[[sqlite3.Connection, str], T]) -> T:
+    """``work`` (one transaction: tabby.ipam.fastpath) on a connection of its own to the
+    SQLite file, in the exec queue: only the transaction waits there, not the open (which
+    may read the WAL) nor the WAL's trim."""
+    from tabby.store import sqlitedb
+
+    conn = sqlitedb.connect(queue.db, BUSY_TIMEOUT)
+    try:
+        with queue:
+            result = work(conn, queue.db)
+    except BaseException:
+        if not cfg.keep_open:
+            conn.close()
+        raise
+    if cfg.keep_open:
+        sqlitedb.trim_wal(conn, queue.db)  # never closed, so never checkpointed: see there
+    else:
+        conn.close()
+    return result
+
+
+def _engine(cfg: Config, work: Callable[[Client, IPAM], T], *, writes: bool = True) -> T:
+    """``work`` with the engine on the datastore; on SQLite in the exec queue (taken once
+    the model is imported: that is not the queue's time) and, if it ``writes``, in one
+    transaction."""
+    import contextlib
+
+    from tabby.ipam.engine import IPAM  # noqa: F401 (imported here, outside the queue)
+    from tabby.store.client import Client  # noqa: F401
+
+    queue = _queue(cfg)
+    with queue if queue is not None else contextlib.nullcontext():
+        client, ipam = _open(cfg)
+        try:
+            with _atomically(client) if writes else contextlib.nullcontext():
+                return work(client, ipam)
+        finally:
+            client.store.close()
+
+
 def _open(cfg: Config) -> tuple[Client, IPAM]:
     from tabby.ipam.blocks import Reservation
     from tabby.ipam.engine import IPAM
     from tabby.store import open_store
     from tabby.store.client import Client
     client = Client(open_store(cfg.datastore))
-    reservations = {4: Reservation(2, 1, "network, gateway, broadcast"),
-                    6: Reservation(2, 0, "subnet-router anycast, gateway")}
+    reservations = {version: Reservation(*held) for version, held in RESERVE.items()}
     return client, IPAM(client, reservations=reservations)
 
 
-def _add(cfg: Config, req: CNIRequest) -> dict[str, Any]:
+def _atomically(client: Client) -> contextlib.AbstractContextManager[object]:
+    """On SQLite, one transaction around the engine's calls (other writers wait, so a
+    node's block is claimed once, not by every concurrent ADD); elsewhere, none."""
+    import contextlib
+
+    from tabby.store.sqlite import SQLiteStore
+    store = client.store
+    return store.transaction() if isinstance(store, SQLiteStore) else contextlib.nullcontext()
+
+
+def _add(cfg: Config) -> dict[str, Any]:
     if not (cfg.assign_v4 or cfg.assign_v6):
         _fail(ERR_INVALID_CONFIG,
               "ipam: assign_ipv4 and assign_ipv6 are both false; nothing to assign")
-    attrs = {"node": cfg.node, "containerID": req.container_id, "ifname": req.ifname,
+    attrs = {"node": cfg.node, "containerID": cfg.container_id, "ifname": cfg.ifname,
              "network": cfg.network}
-    for value, attr in ((req.pod_namespace, "namespace"), (req.pod_name, "pod")):
+    for value, attr in ((cfg.pod_namespace, "namespace"), (cfg.pod_name, "pod")):
         if value:
             attrs[attr] = value
-    client, ipam = _open(cfg)
-    try:
-        got = ipam.assign(req.handle_id, cfg.node, num_v4=int(cfg.assign_v4),
-                          num_v6=int(cfg.assign_v6), attrs=attrs,
-                          pools_v4=cfg.pools_v4, pools_v6=cfg.pools_v6)
-        return _result(cfg.version, _ips(client, got), cfg.routes)
-    finally:
-        client.store.close()
+
+    def assign(client: Client, ipam: IPAM) -> list[Address]:
+        assigned = ipam.assign(cfg.handle_id, cfg.node, num_v4=int(cfg.assign_v4),
+                               num_v6=int(cfg.assign_v6), attrs=attrs,
+                               pools_v4=cfg.pools_v4, pools_v6=cfg.pools_v6)
+        return _ips(client, assigned)
+
+    queue = _queue(cfg)
+    if queue is None:
+        return _result(cfg.version, _engine(cfg, assign), cfg.routes)
+    from tabby.ipam import fastpath
+
+    want = {4: int(cfg.assign_v4), 6: int(cfg.assign_v6)}
+    got = _fast(cfg, queue, lambda conn, path: fastpath.add(
+        conn, path, cfg.handle_id, cfg.node, want, {4: cfg.pools_v4, 6: cfg.pools_v6},
+        attrs, RESERVE))
+    if not isinstance(got, str):
+        return _result(cfg.version, got, cfg.routes)
+    return _result(cfg.version, _engine(cfg, assign), cfg.routes)
 
 
-def _ips(client: Client, got: Assignment) -> list[tuple[IPInterface, IPAddress | None]]:
-    import ipaddress
-
+def _ips(client: Client, got: Assignment) -> list[Address]:
     from tabby.ipam import blocks as blk
     from tabby.model import IPAMBlock, block_name
-    out: list[tuple[IPInterface, IPAddress | None]] = []
+    out: list[Address] = []
     for ip, cidr in zip(got.addresses, got.blocks, strict=True):
         block = client.try_get(IPAMBlock, block_name(cidr))
-        gateway: IPAddress | None = None
+        gateway = None
         owner = blk.owner(block.spec, 1) if block is not None and cidr.num_addresses > 2 else None
         if owner is not None and owner.handle_id == blk.RESERVED_HANDLE:
-            gateway = cidr.network_address + 1  # held back for this: no pod has it
-        out.append((ipaddress.ip_interface((ip, cidr.prefixlen)), gateway))
+            gateway = str(cidr.network_address + 1)  # held back for this: no pod has it
+        out.append((f"{ip}/{cidr.prefixlen}", ip.version, gateway))
     return out
 
 
-def _result(version: str, ips: list[tuple[IPInterface, IPAddress | None]],
-            routes: tuple[tuple[IPNetwork, IPAddress | None], ...]) -> dict[str, Any]:
+def _result(version: str, ips: list[Address], routes: tuple[Route, ...]) -> dict[str, Any]:
     entries = []
-    for iface, gateway in ips:
-        entry: dict[str, Any] = {"address": str(iface)}
+    for iface, ip_version, gateway in ips:
+        entry: dict[str, Any] = {"address": iface}
         if version < "1.0.0":
-            entry = {"version": str(iface.version), **entry}
+            entry = {"version": str(ip_version), **entry}
         if gateway is not None:
-            entry["gateway"] = str(gateway)
+            entry["gateway"] = gateway
         entries.append(entry)
-    gateways = {gw.version: gw for _, gw in reversed(ips) if gw is not None}
+    gateways = {v: gw for _, v, gw in reversed(ips) if gw is not None}
     out_routes = []
-    for dst, gw in routes:
-        via = gw or gateways.get(dst.version)  # spelled out: CHECK compares routes literally
-        out_routes.append({"dst": str(dst), **({"gw": str(via)} if via else {})})
+    for dst, dst_version, gw in routes:
+        via = gw or gateways.get(dst_version)  # spelled out: CHECK compares routes literally
+        out_routes.append({"dst": dst, **({"gw": via} if via else {})})
     return {"cniVersion": version, "ips": entries, "routes": out_routes}
 
 
-def _delete(cfg: Config, req: CNIRequest) -> None:
-    client, ipam = _open(cfg)
-    try:
-        ipam.release_handle(req.handle_id)
-    finally:
-        client.store.close()
+def _delete(cfg: Config) -> None:
+    queue = _queue(cfg)
+    if queue is not None:
+        from tabby.ipam import fastpath
+
+        if _fast(cfg, queue, lambda conn, path: fastpath.release(conn, path, cfg.handle_id)):
+            return
+    _engine(cfg, lambda client, ipam: ipam.release_handle(cfg.handle_id))
 
 
-def _check(cfg: Config, req: CNIRequest) -> None:
+def _check(cfg: Config) -> None:
     import ipaddress
 
-    handle = req.handle_id
-    client, ipam = _open(cfg)
-    try:
-        held = set(ipam.addresses_of(handle))
-    finally:
-        client.store.close()
+    handle = cfg.handle_id
+    held = set(_engine(cfg, lambda _, ipam: ipam.addresses_of(handle), writes=False))
     if not held:
         _fail(E_CHECK, f"handle {handle} holds no address", "the allocation is gone; re-ADD")
     prev = cfg.raw.get("prevResult")
@@ -329,8 +343,8 @@ def _check(cfg: Config, req: CNIRequest) -> None:
 def _status(cfg: Config) -> None:
     from tabby.ipam.pools import usable_pools
     from tabby.model import IPPool, Node
-    client, _ = _open(cfg)
-    try:
+
+    def check(client: Client, _: IPAM) -> None:
         pools = client.list(IPPool)
         node = client.try_get(Node, cfg.node)
         labels = dict(node.meta.labels) if node else {}
@@ -338,8 +352,8 @@ def _status(cfg: Config) -> None:
                                        (6, cfg.assign_v6, cfg.pools_v6)):
             if wanted:
                 usable_pools(pools, version, cfg.node, labels, names)
-    finally:
-        client.store.close()
+
+    _engine(cfg, check, writes=False)
 
 
 def _gc(cfg: Config) -> None:
@@ -349,10 +363,10 @@ def _gc(cfg: Config) -> None:
         for item in cfg.raw.get(key) or []:
             if isinstance(item, dict):
                 valid.add(f"{cfg.network}.{item.get('containerID')}.{item.get('ifname')}")
-    client, ipam = _open(cfg)
-    try:
+
+    def collect(_: Client, ipam: IPAM) -> None:
         for handle in ipam.handles(prefix=f"{cfg.network}."):
             if handle not in valid and ipam.attributes_of(handle).get("node") == cfg.node:
                 ipam.release_handle(handle)
-    finally:
-        client.store.close()
+
+    _engine(cfg, collect)

@@ -101,8 +101,10 @@ class Records:
 
     # -- blocks ----------------------------------------------------------------------
     def allocate(self, block: IPAMBlock | None, handle_id: str, count: int,
-                 attrs: Mapping[str, str], accept: Accept) -> tuple[int, ...]:
-        """Allocate up to ``count`` ordinals of ``block`` (re-read on each lost race).
+                 attrs: Mapping[str, str], accept: Accept,
+                 skip: Callable[[int], bool] | None = None) -> tuple[int, ...]:
+        """Allocate up to ``count`` ordinals of ``block`` (re-read on each lost race),
+        never one ``skip`` names (reserved by an IPReservation).
 
         A write whose reply was lost and that the store retried reports Conflict
         although it landed (``tabby.store.etcd``): the re-read block then holds
@@ -118,7 +120,7 @@ class Records:
                 return landed[:count]
             if not accept(block):
                 return ()
-            spec, got = blk.allocate(block.spec, count, handle_id, attrs)
+            spec, got = blk.allocate(block.spec, count, handle_id, attrs, skip)
             if not got:
                 return ()
             try:

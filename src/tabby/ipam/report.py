@@ -19,6 +19,9 @@ check finds:
   handle-mismatch      an IPAMHandle's count for a block differs from the block's
   missing-handle       allocations whose handle has no IPAMHandle record
   stale-affinity       an affinity whose block is gone or belongs to another node
+  reserved-address     an allocation inside an IPReservation (made before the
+                       reservation, or by hand): it stays with its holder until
+                       released; the holder should move
 """
 
 from __future__ import annotations
@@ -30,7 +33,16 @@ from typing import Any
 
 from tabby.ipam import blocks as blk
 from tabby.ipam.pools import pool_of
-from tabby.model import BlockAffinity, IPAMBlock, IPAMHandle, IPPool, Node, WorkloadEndpoint
+from tabby.ipam.reserved import Reserved
+from tabby.model import (
+    BlockAffinity,
+    IPAMBlock,
+    IPAMHandle,
+    IPPool,
+    IPReservation,
+    Node,
+    WorkloadEndpoint,
+)
 from tabby.store.client import Client
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -43,7 +55,7 @@ class PoolUsage:
     cidr: IPNetwork
     size: int  # addresses in the pool
     used: int  # held by handles
-    reserved: int  # held back in blocks (gateway, network, broadcast)
+    reserved: int  # held back (gateway, network, broadcast; IPReservations, unless held)
     free: int  # size - used - reserved
     blocks: int  # blocks in existence
     disabled: bool
@@ -87,17 +99,20 @@ def _net_key(net: IPNetwork) -> tuple[int, int]:
 def show(client: Client) -> IPAMReport:
     pools = sorted(client.list(IPPool), key=lambda p: _net_key(p.spec.cidr))
     all_blocks = sorted(client.list(IPAMBlock), key=lambda b: _net_key(b.spec.cidr))
+    held_back = Reserved.of(client.list(IPReservation))
     rows = []
     for b in all_blocks:
         pool = pool_of(pools, b.spec.cidr)
         used, reserved = blk.used_count(b.spec), blk.reserved_count(b.spec)
+        reserved += len(b.spec.unallocated) - held_back.free_count(b.spec)  # IPReservations
         rows.append(BlockUsage(b.spec.cidr, pool.meta.name if pool else "", b.node, used,
                                reserved, b.spec.cidr.num_addresses - used - reserved))
     usage = []
     for p in pools:
         mine = [r for r in rows if r.pool == p.meta.name]
         used = sum(r.used for r in mine)
-        reserved = sum(r.reserved for r in mine)
+        reserved = sum(r.reserved for r in mine) + _reserved_outside(
+            held_back, p.spec.cidr, [r.cidr for r in mine])
         size = p.spec.cidr.num_addresses
         usage.append(PoolUsage(p.meta.name, p.spec.cidr, size, used, reserved,
                                size - used - reserved, len(mine), p.spec.disabled))
@@ -105,6 +120,13 @@ def show(client: Client) -> IPAMReport:
                          for a in client.list(BlockAffinity)),
                         key=lambda a: (a.node, _net_key(a.cidr)))
     return IPAMReport(tuple(usage), tuple(rows), tuple(affinities))
+
+
+def _reserved_outside(reserved: Reserved, pool: IPNetwork, blocks: Sequence[IPNetwork]) -> int:
+    """Addresses of ``pool`` an IPReservation holds back outside its existing blocks."""
+    def count(net: IPNetwork) -> int:
+        return sum(hi - lo + 1 for lo, hi in reserved.overlapping(net))
+    return count(pool) - sum(count(b) for b in blocks) if reserved else 0
 
 
 def check(client: Client) -> list[Problem]:
@@ -117,6 +139,7 @@ def check(client: Client) -> list[Problem]:
     problems += _unallocated_endpoints(all_blocks, endpoints)
     problems += _missing_nodes(all_blocks, client.list(BlockAffinity), nodes)
     problems += _handle_mismatches(all_blocks, handles)
+    problems += _reserved_holders(all_blocks, client.list(IPReservation))
     return problems
 
 
@@ -193,6 +216,30 @@ def _handle_mismatches(all_blocks: Sequence[IPAMBlock],
             out.append(Problem("handle-mismatch", handle_id, (
                 f"IPAMHandle {handle_id!r} records {_counts(recorded)} but the blocks hold"
                 f" {_counts(real)}; releasing the handle repairs it")))
+    return out
+
+
+def _reserved_holders(all_blocks: Sequence[IPAMBlock],
+                      reservations: Sequence[IPReservation]) -> list[Problem]:
+    reserved = Reserved.of(reservations)
+    out = []
+    for b in all_blocks if reserved else ():
+        skip = reserved.skip(b.spec.cidr)
+        if skip is None:
+            continue
+        for ordinal, attr in blk.allocated(b.spec):
+            if attr.handle_id == blk.RESERVED_HANDLE or not skip(ordinal):
+                continue
+            ip = blk.address(b.spec, ordinal)
+            names = ", ".join(r.meta.name for r in reservations
+                              if any(ip in c for c in r.reserved_cidrs))
+            attrs = dict(attr.secondary)
+            who = (f"pod {attrs['namespace']}/{attrs['pod']}"
+                   if "namespace" in attrs and "pod" in attrs else f"handle {attr.handle_id}")
+            out.append(Problem("reserved-address", str(ip), (
+                f"{ip} (block {b.spec.cidr}) is held by {who} but IPReservation {names}"
+                f" reserves it; it stays until released: recreate the pod (or tabby ipam"
+                f" release --ip {ip}) to move it off the reserved range")))
     return out
 
 

@@ -18,17 +18,33 @@ variables set, is refused rather than silently sent in clear.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from urllib.parse import parse_qsl
 
 from tabby.errors import ConfigError
-from tabby.store.base import Event, Item, Key, ListResult, Store, Watch
+
+# The contract's types load on first use (PEP 562 ``__getattr__`` below): tabby-ipam's
+# exec path imports tabby.store.sqlitedb on every pod, and with it this package, but
+# never base.py (dataclasses, queue, abc) or urllib.parse (re).
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING, for the same reason
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
+    from tabby.store.base import Event, Item, Key, ListResult, Store, Watch
+
+_BASE_NAMES = frozenset({"Event", "Item", "Key", "ListResult", "Store", "Watch"})
 
 DEFAULT_URL = "sqlite:///var/lib/tabby/tabby.db"
 ENV = "TABBY_DATASTORE"
 
 __all__ = ["DEFAULT_URL", "Event", "Item", "Key", "ListResult", "Store", "Watch", "open_store",
            "store_url"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _BASE_NAMES:
+        from tabby.store import base
+        return getattr(base, name)
+    raise AttributeError(f"module 'tabby.store' has no attribute {name!r}")
 
 
 def store_url(flag: str | None = None) -> str:
@@ -65,6 +81,8 @@ def open_store(url: str, *, env: Mapping[str, str] | None = None) -> Store:
 
 
 def _open_etcd(url: str, scheme: str, rest: str, env: Mapping[str, str]) -> Store:
+    from urllib.parse import parse_qsl
+
     from tabby.store.etcd import EtcdStore
     from tabby.store.etcdtls import ENV_FILES, FILES, EtcdTLS
     where, question, query = rest.partition("?")
