@@ -17,6 +17,17 @@ agent resumed (SIGCONT): from then until node-1's kernel holds all N routes
 namespace (``tb-bk``). N = 1000 and 5000. The same with ``--bgp none`` (the
 agents write the routes themselves, proto 77) is a third figure, in the note.
 
+Routes through the reconciler. Library level: ``RouteReconciler.apply`` of a
+DesiredState of N remote routes (via a gateway) into a fresh namespace
+(``tb-brr``), beside ``ip -batch`` adding the same N routes into another fresh
+one; the two alternate, three times each, medians. N = 1000 and 10000.
+
+Node link down. A three-node mesh lab (``tb-bfd``, IPv4) with a pod on node-3: the
+ToR's end of node-3's link is taken down, and the time until node-1's and node-2's
+kernels no longer route node-3's block is measured with ``nodeToNodeMeshBFD`` on
+(BFD, 3 x 100 ms) and, as the peer, the same lab without BFD (BIRD's BGP hold timer,
+240 s; it runs out 160-240 s after the last keepalive).
+
 Every namespace is ``tb-...``; labs are torn down and BIRDs stopped by PID,
 also after a failure.
 """
@@ -42,11 +53,13 @@ from bench.report import Row
 from bench.session import Session
 
 SECTION = "BGP"
-CONV_LAB, BLOCKS_LAB, STATIC_LAB = "tb-bgp", "tb-bgk", "tb-bgs"
+CONV_LAB, BLOCKS_LAB, STATIC_LAB, BFD_LAB = "tb-bgp", "tb-bgk", "tb-bgs", "tb-bfd"
 HAND_A, HAND_B, FLOOR = "tb-bb-a", "tb-bb-b", "tb-bk"
+RECONCILED = "tb-brr"
 POOL = "198.19.0.0/16"
 PEER_CONV = "BIRD alone (2 namespaces, iBGP, configure)"
 PEER_FLOOR = "ip -batch (route add)"
+PEER_HOLD = "the same lab without BFD (BGP hold timer)"
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -219,8 +232,9 @@ def convergence(session: Session) -> None:
     total = [1000 * v for v in tabby]
     after = [max(0.0, 1000 * (t - a)) for t, a in zip(tabby, adds, strict=True)]
     what = f"({nodes}-node mesh, {pods} pods, each in a new /32 block)"
-    note = ("tabby: node-1's kernel holds the pod's route (IPAM claim, agent pass, bird -p,"
-            " configure, BGP, kernel); BIRD alone: bird.conf + configure -> route in the peer's"
+    note = ("tabby: node-1's kernel holds the pod's route (IPAM claim, the pass ADD waits for,"
+            " bird.conf: only origins changed, so BIRD parses it on configure, no bird -p;"
+            " BGP, kernel); BIRD alone: bird.conf + configure -> route in the peer's"
             f" kernel. Creating the pod (netns, CNI ADD, store) took p50"
             f" {1000 * statistics.median(adds):.0f} ms")
     for label, values in (("pod on node A: CNI ADD start -> routed on node B", total),
@@ -301,19 +315,150 @@ def remote_blocks(session: Session, count: int) -> None:
     session.log(f"{count} remote blocks: tabby --bgp none")
     static = tabby_blocks(STATIC_LAB, "none", count)
     note = ("tabby: node-2's agent resumes with the blocks in the store -> all routes in"
-            " node-1's kernel (agent pass, bird.conf of N statics, bird -p, configure, BGP,"
-            " kernel)")
+            " node-1's kernel (agent pass, bird.conf of N statics, configure, BGP, kernel)")
     note += (f"; tabby --bgp none (node-1's own agent resumes -> netlink, proto 77):"
              f" {1000 * static:.0f} ms")
     session.add(Row(SECTION, f"{count} remote blocks programmed into a node's kernel",
                     1000 * tabby, PEER_FLOOR, 1000 * floor, "ms", False, note))
 
 
+# -- routes through the reconciler ---------------------------------------------------------
+
+@contextlib.contextmanager
+def uplinked(ns: str) -> Iterator[str]:
+    """A fresh namespace with eth0 on 198.18.0.11/24, the gateway's subnet."""
+    netns.add([ns])
+    try:
+        netns.ip_batch(["link set lo up", "link add eth0 type veth peer name eth1",
+                        "link set eth0 up", "link set eth1 up",
+                        "addr add 198.18.0.11/24 dev eth0"], ns)
+        yield ns
+    finally:
+        netns.delete([ns])
+
+
+def reconciler_once(count: int) -> tuple[float, float]:
+    """(ip -batch, RouteReconciler) seconds for ``count`` routes, each into a fresh namespace."""
+    from tabby.calc.routes import Route
+    from tabby.dataplane.netlink import CallCounts
+    from tabby.dataplane.routes import RouteReconciler
+
+    gateway = ipaddress.IPv4Address("198.18.0.12")
+    dsts = list(ipaddress.IPv4Network(POOL).subnets(new_prefix=30))[:count]
+    with uplinked(FLOOR) as ns:
+        commands = [f"route add {n} via {gateway} proto 77" for n in dsts]
+        started = time.monotonic()
+        netns.ip_batch(commands, ns)
+        floor = time.monotonic() - started
+    desired = frozenset(Route(n, "unicast", gateway) for n in dsts)
+    with uplinked(RECONCILED) as ns:
+        rec = RouteReconciler(CallCounts(), netns=f"/run/netns/{ns}")
+        started = time.monotonic()
+        result = rec.apply(desired)
+        took = time.monotonic() - started
+        if len(result.replaced) != count or result.errors:
+            raise BenchError(f"reconciler: {len(result.replaced)} of {count} routes,"
+                             f" errors {result.errors[:3]}")
+        if route_count(ns, "77") != count:
+            raise BenchError(f"reconciler: the kernel holds {route_count(ns, '77')} routes")
+    return floor, took
+
+
+def reconciler_routes(session: Session, count: int) -> None:
+    floors, tabby = [], []
+    for _ in range(1 if session.quick else 3):
+        floor, took = reconciler_once(count)
+        floors.append(1000 * floor)
+        tabby.append(1000 * took)
+        session.log(f"{count} routes: ip -batch {floors[-1]:.1f} ms, reconciler"
+                    f" {tabby[-1]:.1f} ms")
+    runs = (f"runs (ms) reconciler: {', '.join(f'{v:.1f}' for v in tabby)}; ip -batch:"
+            f" {', '.join(f'{v:.1f}' for v in floors)}")
+    session.add(Row(SECTION, f"{count} routes via a gateway into a fresh namespace:"
+                    " RouteReconciler.apply (library level), median", statistics.median(tabby),
+                    PEER_FLOOR, statistics.median(floors), "ms", False,
+                    "read both tables and the links, diff, batched RTM_NEWROUTE (many per"
+                    f" send, errors per route), no second read; alternating, {runs}",
+                    goal=0.5))
+
+
+# -- node link down ------------------------------------------------------------------------
+
+def bfd_up(state: Any, address: str) -> bool:
+    from tabby.lab.bgp import bird_socket
+    for name in ("node-1", "node-2"):
+        done = subprocess.run(["birdc", "-s", str(bird_socket(state.node(name))), "show", "bfd",
+                               "sessions"], capture_output=True, text=True, check=False)
+        if not any(line.startswith(f"{address} ") and " Up " in line
+                   for line in done.stdout.splitlines()):
+            return False
+    return True
+
+
+def link_down_withdrawal(bfd: bool) -> float:
+    """Seconds from node-3's link going down until node-1 and node-2 route none of its
+    blocks, with the mesh's BFD on or off."""
+    import dataclasses
+
+    from tabby.lab import builder
+    from tabby.lab.pods import LabPods
+    from tabby.lab.state import require
+    from tabby.lab.topology import plan
+    from tabby.model import BGPConfiguration, IPAMBlock, Pod
+    from tabby.model.bgpfields import BFD
+    from tabby.store import open_store
+    from tabby.store.client import Client
+
+    down(BFD_LAB)
+    try:
+        state = builder.Lab(plan(BFD_LAB, nodes=3, bgp="mesh")).up()
+        with LabPods(BFD_LAB, Client(open_store(state.datastore))) as driver:
+            driver.apply_pod(Pod.from_manifest({"apiVersion": "v1", "kind": "Pod", "metadata": {
+                "name": "dies"}, "spec": {"nodeName": "node-3", "containers": [
+                    {"name": "main", "image": "busybox"}]}}))
+            conf = driver.client.get(BGPConfiguration, "default")
+            driver.client.update(dataclasses.replace(conf, spec=dataclasses.replace(
+                conf.spec, node_mesh_bfd=BFD() if bfd else None)))
+            owned = {str(b.spec.cidr) for b in driver.client.list(IPAMBlock)
+                     if b.node == "node-3"}
+        state = require(BFD_LAB)
+        dead = state.topology.node("node-3")
+        address = str(dead.ipv4.ip) if dead.ipv4 is not None else ""
+        if bfd:
+            netns.wait_for("BFD sessions", lambda: bfd_up(state, address), 60.0)
+        others = [f"{BFD_LAB}-node-1", f"{BFD_LAB}-node-2"]
+
+        def routed() -> bool:
+            return any(c in netns.run(["ip", "-4", "-n", ns, "route", "show", "proto", "bird"])
+                       for ns in others for c in owned)
+        netns.wait_for("node-3's routes", lambda: all(
+            c in netns.run(["ip", "-4", "-n", ns, "route", "show", "proto", "bird"])
+            for ns in others for c in owned), 60.0)
+        netns.run(["ip", "-n", state.topology.tor_netns, "link", "set", dead.tor_if, "down"])
+        started = time.monotonic()
+        netns.wait_for("node-3's routes withdrawn", lambda: not routed(), 300.0, 0.02)
+        return time.monotonic() - started
+    finally:
+        down(BFD_LAB)
+
+
+def link_down(session: Session) -> None:
+    session.log("node link down, with BFD")
+    with_bfd = link_down_withdrawal(True)
+    session.log("node link down, without BFD (waits for the hold timer, up to 240 s)")
+    without = link_down_withdrawal(False)
+    note = ("3-node mesh lab, IPv4; the ToR's end of node-3's link taken down -> node-1 and"
+            " node-2 route none of node-3's blocks. With nodeToNodeMeshBFD (100 ms x 3);"
+            " without, BIRD's hold timer (240 s) decides")
+    session.add(Row(SECTION, "node link down -> routes withdrawn on the other nodes (BFD)",
+                    1000 * with_bfd, PEER_HOLD, 1000 * without, "ms", False, note))
+
+
 def cleanup() -> None:
-    for lab in (CONV_LAB, BLOCKS_LAB, STATIC_LAB):
+    for lab in (CONV_LAB, BLOCKS_LAB, STATIC_LAB, BFD_LAB):
         with contextlib.suppress(Exception):
             down(lab)
-    netns.sweep([HAND_A, HAND_B, FLOOR])
+    netns.sweep([HAND_A, HAND_B, FLOOR, RECONCILED])
 
 
 def run(session: Session) -> None:
@@ -324,5 +469,10 @@ def run(session: Session) -> None:
         for count in (1000,) if session.quick else (1000, 5000):
             with session.part(f"{count} remote blocks"):
                 remote_blocks(session, count)
+        for count in (1000,) if session.quick else (1000, 10000):
+            with session.part(f"{count} routes through the reconciler"):
+                reconciler_routes(session, count)
+        with session.part("node link down"):
+            link_down(session)
     finally:
         cleanup()

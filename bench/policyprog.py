@@ -34,6 +34,7 @@ from typing import Any
 
 from bench import netns
 from bench.netns import BenchError
+from bench.nsexec import NetnsNft, timed
 from bench.report import Row
 from bench.session import Session
 
@@ -172,22 +173,28 @@ class Agent:
     def __post_init__(self) -> None:
         from tabby.agent.cache import StoreCache
         from tabby.calc.node import NodeCalculator, NodeSettings
-        from tabby.dataplane.nft import NftCommand, NftReconciler
+        from tabby.dataplane.nft import NftReconciler
         from tabby.store.client import Client
         self.client = Client(self.store)
         self.cache = StoreCache(self.store, NODE)
-        self.reconciler = NftReconciler(NftCommand(prefix=("ip", "netns", "exec",
-                                                           self.netns_name)))
+        # nft started in the namespace directly, as the agent runs it in its own
+        self.reconciler = NftReconciler(NetnsNft(self.netns_name))
         self.calculator = NodeCalculator(NodeSettings(NODE))
 
     def sync(self, *, full: bool) -> Timing:
-        started = time.perf_counter()
-        snapshot = self.cache.snapshot()
-        built = time.perf_counter()
+        """One pass, the collector handled as the agent's loop handles it
+        (``tabby.agent.collector``); timed until the kernel holds the change."""
+        from tabby.agent import collector
         from tabby.nft.model import merge
-        table = merge(self.calculator.nft_parts(snapshot, ()))  # the pass's nft half
-        result = self.reconciler.apply(table, full=full)
-        took = time.perf_counter() - started
+        started = time.perf_counter()
+        with collector.paused():
+            snapshot = self.cache.snapshot()
+            built = time.perf_counter()
+            table = merge(self.calculator.nft_parts(snapshot, ()))  # the pass's nft half
+            result = self.reconciler.apply(table, full=full)
+            took = time.perf_counter() - started
+        if full:
+            collector.settle()
         if result.errors:
             raise BenchError(f"the nftables reconciler failed: {result.errors[0]}")
         return Timing(took, built - started, result.seconds)
@@ -274,18 +281,13 @@ def linear_rules(count: int) -> str:
     return "\n".join([*lines, "COMMIT", ""])
 
 
-def timed(argv: Sequence[str], stdin: str | None = None) -> float:
-    started = time.perf_counter()
-    netns.run(argv, stdin=stdin, timeout=900)
-    return time.perf_counter() - started
-
-
 def peer_times(ns: str, size: int, runs: int) -> tuple[list[float], list[float]]:
-    """(seconds to restore a linear set of ``size`` rules, seconds to append one rule)."""
-    exec_ = ["ip", "netns", "exec", ns]
-    restore = [timed([*exec_, "iptables-nft-restore"], linear_rules(size)) for _ in range(runs)]
-    append = [timed([*exec_, "iptables-nft", "-A", "tb-linear", "-s", f"198.19.{i}.1/32",
-                     "-j", "ACCEPT"]) for i in range(10)]
+    """(seconds to restore a linear set of ``size`` rules, seconds to append one rule),
+    started in ``ns`` as tabby's nft is (bench.nsexec)."""
+    restore = [timed(ns, ["iptables-nft-restore"], linear_rules(size), timeout=900)
+               for _ in range(runs)]
+    append = [timed(ns, ["iptables-nft", "-A", "tb-linear", "-s", f"198.19.{i}.1/32",
+                         "-j", "ACCEPT"]) for i in range(10)]
     return restore, append
 
 

@@ -24,9 +24,10 @@ Programming time at 10k services x 2 endpoints: tabby's figure is the services
 feature's work in one agent pass (``ServiceRules.part`` + render + ``nft -f``; the
 Snapshot the agent builds once per pass for every feature is timed apart and
 given in the note), the peer's is ``iptables-restore`` alone (kube-proxy's own
-computation not counted; CPython's full garbage collections, ~150 ms with 10k
-services in the heap, land in tabby's p99: the agent does not ``gc.freeze()``):
-a full sync; one service added (tabby: a delta; the peer rewrites KUBE-SERVICES
+computation not counted). The garbage collector is handled as the agent's loop
+handles it (``tabby.agent.collector``): paused during a pass, its young
+collection after the kernel has been programmed, everything alive frozen after a
+full sync. A full sync; one service added (tabby: a delta; the peer rewrites KUBE-SERVICES
 and adds the service's chains, as kube-proxy's iptables mode does); one
 endpoint changed (the peer rewrites that service's chains only). For reference,
 kube-proxy's nftables mode was measured upstream at about 141 ms for one
@@ -48,6 +49,7 @@ from dataclasses import dataclass
 
 from bench import netns
 from bench.netns import BenchError
+from bench.nsexec import NetnsNft, timed
 from bench.report import Row
 from bench.session import Session
 
@@ -157,20 +159,25 @@ class Tabby:
     """The agent's path from a snapshot to the kernel, on one router namespace."""
 
     def __init__(self, rtr: str) -> None:
-        from tabby.dataplane.nft import NftCommand, NftReconciler
+        from tabby.dataplane.nft import NftReconciler
         from tabby.services.nft import ServiceRules
-        self.reconciler = NftReconciler(NftCommand(prefix=("ip", "netns", "exec", rtr)))
+        self.reconciler = NftReconciler(NetnsNft(rtr))  # nft run in rtr, as the agent runs it
         self.rules = ServiceRules("bench")  # its own: every Tabby starts with a cold cache
         self.snapshots: list[float] = []  # Snapshot.build, the agent's cost for every feature
 
     def sync(self, objs: Sequence[object], *, full: bool = False) -> float:
-        """Seconds for ServiceRules.part + render + ``nft -f`` (the snapshot timed apart)."""
+        """Seconds for ServiceRules.part + render + ``nft -f`` (the snapshot timed apart),
+        the collector handled as the agent's loop handles it."""
+        from tabby.agent import collector
         from tabby.snapshot import Snapshot
         started = time.perf_counter()
         snapshot = Snapshot.build(others=objs)  # type: ignore[arg-type]
         built = time.perf_counter()
-        result = self.reconciler.apply(self.rules.part(snapshot), full=full)
-        took = time.perf_counter() - built
+        with collector.paused():
+            result = self.reconciler.apply(self.rules.part(snapshot), full=full)
+            took = time.perf_counter() - built  # programmed; the young collection follows
+        if full:
+            collector.settle()
         self.snapshots.append(built - started)
         if result.errors:
             raise BenchError(f"nft: {result.errors[0]}")
@@ -212,10 +219,9 @@ def svc_chains(i: int, endpoints: Sequence[str] = ()) -> tuple[list[str], list[s
 
 
 def restore(rtr: str, script: str, *, noflush: bool = False) -> float:
-    argv = ["ip", "netns", "exec", rtr, "iptables-restore", *(["--noflush"] if noflush else [])]
-    started = time.perf_counter()
-    netns.run(argv, stdin=script, timeout=600)
-    return time.perf_counter() - started
+    """Seconds iptables-restore took, started in ``rtr`` as tabby's nft is (bench.nsexec)."""
+    argv = ["iptables-restore", *(["--noflush"] if noflush else [])]
+    return timed(rtr, argv, stdin=script)
 
 
 # -- measuring ----------------------------------------------------------------------------

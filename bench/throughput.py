@@ -14,6 +14,15 @@ iperf3, one TCP stream, ``-t 5 -J``, the client on the second node's pod, the
 server on the first's; the two paths take turns (which goes first alternates)
 and the median of the repetitions is reported. Servers are stopped by PID;
 the lab and the hand-built namespaces are removed, also after a failure.
+
+The cost per hook. In the same turns, the lab runs again with its agents
+paused (SIGSTOP, so nothing reconciles the table back) and tabby's nftables
+table changed on both nodes (``bench.nfthooks``): removed, cut down to its
+forward chain, without its NAT base chains, without the raw prerouting chain
+(anti-spoofing), with conntrack off (``notrack`` ahead of it: policy is then
+bypassed, so this only prices conntrack), with established flows accepted first
+in the forward chain. Each is compared with the lab without any table. The
+original table is loaded back and the agents resumed after the runs.
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from bench import netns
+from bench import netns, nfthooks
 from bench.netns import BenchError
 from bench.report import Row
 from bench.session import Session
@@ -137,8 +146,21 @@ def iperf3_server(path: Wiring) -> Iterator[None]:
             proc.stderr.close()
 
 
-def measure(path: Wiring, seconds: int) -> float:
-    """Gbit/s received by the server in one single-stream iperf3 run."""
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One iperf3 run: Gbit/s received, and the CPU both ends' processes took per GB moved.
+
+    The CPU figure holds up on a busy machine where throughput does not: a process is
+    charged only while it runs, and the kernel's forwarding along the veths (softirqs
+    run on the sender's way out; this kernel accounts them to the task it interrupts,
+    CONFIG_IRQ_TIME_ACCOUNTING is off) is charged to iperf3 itself."""
+
+    gbits: float
+    cpu_ms_per_gb: float
+
+
+def run_iperf3(path: Wiring, seconds: int) -> Sample:
+    """One single-stream iperf3 run, client in the client pod."""
     argv = ["ip", "netns", "exec", path.client_netns, "iperf3", "-c", path.server_ip,
             "-p", str(PORT), "-t", str(seconds), "-J"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30,
@@ -149,7 +171,26 @@ def measure(path: Wiring, seconds: int) -> float:
         raise BenchError(f"iperf3 ({path.name}): no JSON report: {done.stderr.strip()}") from exc
     if done.returncode != 0 or "error" in report:
         raise BenchError(f"iperf3 ({path.name}): {report.get('error') or done.stderr.strip()}")
-    return float(report["end"]["sum_received"]["bits_per_second"]) / 1e9
+    end = report["end"]
+    received = end["sum_received"]
+    cpu = end["cpu_utilization_percent"]
+    cpu_seconds = (cpu["host_total"] + cpu["remote_total"]) / 100 * received["seconds"]
+    return Sample(float(received["bits_per_second"]) / 1e9,
+                  1000 * cpu_seconds / (received["bytes"] / 1e9))
+
+
+def measure(path: Wiring, seconds: int) -> float:
+    """Gbit/s received by the server in one single-stream iperf3 run."""
+    return run_iperf3(path, seconds).gbits
+
+
+def shown(samples: dict[str, list[Sample]], field: str) -> str:
+    return "; ".join(f"{name}: {', '.join(f'{getattr(v, field):.2f}' for v in vals)}"
+                     for name, vals in samples.items())
+
+
+def median(samples: list[Sample], field: str) -> float:
+    return float(statistics.median(getattr(v, field) for v in samples))
 
 
 def run(session: Session) -> None:
@@ -161,17 +202,62 @@ def run(session: Session) -> None:
         mtus = {p.name: (mtu(p.server_netns), mtu(p.client_netns)) for p in paths}
         if len({m for pair in mtus.values() for m in pair}) != 1:
             raise BenchError(f"pod MTUs differ: {mtus}")
-        samples: dict[str, list[float]] = {p.name: [] for p in paths}
+        samples: dict[str, list[Sample]] = {p.name: [] for p in paths}
         for rep in range(reps):
             for path in paths if rep % 2 == 0 else paths[::-1]:
                 with iperf3_server(path):
-                    samples[path.name].append(measure(path, seconds))
-                session.log(f"{path.name}: {samples[path.name][-1]:.2f} Gbit/s")
-        tabby, hand = (statistics.median(samples[p.name]) for p in paths)
-        shown = "; ".join(f"{name}: {', '.join(f'{v:.2f}' for v in vals)}"
-                          for name, vals in samples.items())
-        session.add(Row(SECTION, f"iperf3, 1 TCP stream, node-2 pod to node-1 pod, median of"
-                        f" {reps} runs of {seconds} s", tabby, PEER_NAME, hand, "Gbit/s", True,
-                        f"MTU {MTU} both; runs (Gbit/s) {shown}", goal=0.97))
+                    samples[path.name].append(run_iperf3(path, seconds))
+                got = samples[path.name][-1]
+                session.log(f"{path.name}: {got.gbits:.2f} Gbit/s,"
+                            f" {got.cpu_ms_per_gb:.0f} CPU ms/GB")
+        tabby, hand = (samples[p.name] for p in paths)
+        what = f"iperf3, 1 TCP stream, node-2 pod to node-1 pod, median of {reps} runs of"
+        session.add(
+            Row(SECTION, f"{what} {seconds} s", median(tabby, "gbits"), PEER_NAME,
+                median(hand, "gbits"), "Gbit/s", True,
+                f"MTU {MTU} both; runs (Gbit/s) {shown(samples, 'gbits')}", goal=0.97),
+            Row(SECTION, f"{what} {seconds} s: CPU per GB moved (both iperf3 processes, the"
+                " forwarding softirqs charged to them)", median(tabby, "cpu_ms_per_gb"),
+                PEER_NAME, median(hand, "cpu_ms_per_gb"), "CPU ms/GB", False,
+                "holds up under load where Gbit/s does not; runs"
+                f" {shown(samples, 'cpu_ms_per_gb')}"))
+        with session.part("the nft table's cost per hook"):
+            hooks(session, LAB, paths[0], paths[1], 1 if session.quick else 3, seconds)
     finally:
         cleanup()
+
+
+def hooks(session: Session, lab: str, tabby: Wiring, hand: Wiring, reps: int, seconds: int,
+          section: str = nfthooks.SECTION) -> None:
+    """The lab with variants of its table (agents paused), the twin in the same turns."""
+    from tabby.lab.state import require
+
+    nodes = [n.netns for n in require(lab).nodes]
+    agents = [n.agent.pid for n in require(lab).nodes if n.agent is not None]
+    runs = nfthooks.Variants(nodes)
+    samples: dict[str, list[Sample]] = {name: [] for name in (*runs.names, hand.name)}
+    with nfthooks.paused(agents), runs:
+        order = [*runs.names, hand.name]
+        for rep in range(reps):
+            for name in order if rep % 2 == 0 else order[::-1]:
+                path = hand if name == hand.name else tabby
+                if name != hand.name:
+                    runs.load(name)
+                with iperf3_server(path):
+                    samples[name].append(run_iperf3(path, seconds))
+                got = samples[name][-1]
+                session.log(f"{name}: {got.gbits:.2f} Gbit/s, {got.cpu_ms_per_gb:.0f} CPU ms/GB")
+    base = samples[nfthooks.NONE]
+    for name in (*runs.names, hand.name):
+        if name == nfthooks.NONE:
+            continue
+        vals = samples[name]
+        gbits = ", ".join(f"{v.gbits:.2f}" for v in vals)
+        session.add(Row(section, f"{name}: CPU per GB moved, median of {reps} runs of"
+                        f" {seconds} s", median(vals, "cpu_ms_per_gb"),
+                        f"tabby, {nfthooks.NONE}", median(base, "cpu_ms_per_gb"), "CPU ms/GB",
+                        False, f"agents paused, the variant on both nodes; runs (CPU ms/GB)"
+                        f" {', '.join(f'{v.cpu_ms_per_gb:.0f}' for v in vals)} vs"
+                        f" {', '.join(f'{v.cpu_ms_per_gb:.0f}' for v in base)}; Gbit/s"
+                        f" {gbits} (median {median(vals, 'gbits'):.2f}) vs"
+                        f" {median(base, 'gbits'):.2f}"))

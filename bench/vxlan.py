@@ -17,7 +17,8 @@ procedure as ``bench.throughput``, whose helpers this reuses). A third path,
 the hand-built one with a copy of the lab node's nftables table loaded,
 tells the VXLAN wiring's cost apart from that of tabby's shared table (its
 NAT chains turn conntrack on). Each run checks that the client node's VXLAN
-device carried the traffic.
+device carried the traffic. Then the table's cost per hook over VXLAN, as in
+``bench.throughput`` (the lab's agents paused, variants of its table).
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ from collections.abc import Iterator
 
 from bench import netns
 from bench.netns import BenchError
+from bench.nfthooks import SECTION as HOOKS
 from bench.report import Row
 from bench.session import Session
-from bench.throughput import Wiring, iperf3_server, measure, mtu
+from bench.throughput import Wiring, hooks, iperf3_server, measure, mtu
 
 SECTION = "Pod-to-pod TCP throughput over VXLAN"
 LAB = "tb-vx"
@@ -175,5 +177,8 @@ def run(session: Session) -> None:
                 " services, natOutgoing: conntrack on)", medians["tabby"], PEER_WITH_TABLE,
                 medians[PEER_WITH_TABLE], "Gbit/s", True,
                 "the same runs; isolates the VXLAN wiring from the shared table's cost"))
+        with session.part("the nft table's cost per hook, over VXLAN"):
+            hooks(session, LAB, tabby, hand, 1 if session.quick else 3, seconds,
+                  f"{HOOKS} (VXLAN)")
     finally:
         cleanup()

@@ -5,13 +5,20 @@ endpoints of every node, pods, namespaces, and every other kind under
 ``others``, read with ``of(Kind)``) and never changes; every ``desired_*`` function
 in ``tabby.calc`` takes one and does no I/O. Lookups that several functions
 need (a node's address by family, an endpoint's pod) are small methods here.
+
+``of(Kind)`` answers from an index of ``others`` by kind, made on first use (or
+handed over by the agent's cache, which keeps its objects by kind anyway): a
+pass asks for a dozen kinds, and with 10k services and their slices in
+``others`` a scan per question cost milliseconds each. A kind's tuple is the
+same object from one snapshot to the next while that kind did not change.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
-from dataclasses import dataclass
+import itertools
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from tabby.model import IPAMBlock, Namespace, Node, Pod, Resource, WorkloadEndpoint
@@ -28,6 +35,18 @@ class Snapshot:
     pods: tuple[Pod, ...] = ()
     namespaces: tuple[Namespace, ...] = ()
     others: tuple[Resource, ...] = ()  # every other kind (policies, BGP config, services...)
+    # ``others`` by kind, made on first use: not an input (replace() recomputes it)
+    _kinds: Mapping[type, tuple[Resource, ...]] | None = field(
+        default=None, init=False, compare=False, repr=False)
+
+    @classmethod
+    def with_kinds(cls, kinds: Mapping[type, tuple[Resource, ...]], **fields: tuple[Resource, ...]
+                   ) -> Snapshot:
+        """A snapshot whose ``others`` the caller already holds by kind (``kinds``: every
+        kind in ``others`` -> its objects in ``others``' order; trusted, not checked)."""
+        snapshot = cls(**fields)  # type: ignore[arg-type]
+        object.__setattr__(snapshot, "_kinds", kinds)
+        return snapshot
 
     @classmethod
     def build(cls, *, nodes: Iterable[Node] = (), blocks: Iterable[IPAMBlock] = (),
@@ -35,14 +54,17 @@ class Snapshot:
               namespaces: Iterable[Namespace] = (), others: Iterable[Resource] = ()
               ) -> Snapshot:
         """Sort everything by name so equal inputs give equal snapshots."""
-        return cls(
+        rest = tuple(sorted(others, key=lambda o: (o.KIND.resource, o.meta.namespace,
+                                                   o.meta.name)))
+        # sorted by kind first, so each kind is one run (a kind is one class)
+        return cls.with_kinds(
+            {kind: tuple(run) for kind, run in itertools.groupby(rest, type)},
             nodes=tuple(sorted(nodes, key=lambda n: n.meta.name)),
             blocks=tuple(sorted(blocks, key=lambda b: b.meta.name)),
             endpoints=tuple(sorted(endpoints, key=lambda e: (e.meta.namespace, e.meta.name))),
             pods=tuple(sorted(pods, key=lambda p: (p.meta.namespace, p.meta.name))),
             namespaces=tuple(sorted(namespaces, key=lambda n: n.meta.name)),
-            others=tuple(sorted(others, key=lambda o: (o.KIND.resource, o.meta.namespace,
-                                                       o.meta.name))),
+            others=rest,
         )
 
     def of(self, kind: type[R]) -> tuple[R, ...]:
@@ -51,7 +73,19 @@ class Snapshot:
                 Pod: self.pods, Namespace: self.namespaces}.get(kind)
         if core is not None:
             return core  # type: ignore[return-value]
-        return tuple(o for o in self.others if isinstance(o, kind))
+        kinds = self._kinds
+        if kinds is None:
+            grouped: dict[type, list[Resource]] = {}
+            for o in self.others:
+                grouped.setdefault(type(o), []).append(o)
+            kinds = {k: tuple(v) for k, v in grouped.items()}
+            object.__setattr__(self, "_kinds", kinds)
+        got = kinds.get(kind)
+        if got is not None:
+            return got  # type: ignore[return-value]
+        if not any(issubclass(k, kind) for k in kinds):
+            return ()
+        return tuple(o for o in self.others if isinstance(o, kind))  # a base class asked
 
     def node(self, name: str) -> Node | None:
         for node in self.nodes:

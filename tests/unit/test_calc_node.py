@@ -6,7 +6,10 @@ updates (objects added, replaced by another version, deleted; unchanged objects
 kept as the same Python objects, as the agent's cache keeps them) through one
 long-lived calculator, and checks after every step that its DesiredState equals
 a fresh calculator's for the same snapshot: routes, VXLAN links, the nftables
-table (policy, services, natOutgoing, VXLAN) and BIRD's config.
+table (policy, services, natOutgoing, VXLAN) and BIRD's config. A second property
+runs the same replay over issue 18's kinds (tiers, ClusterNetworkPolicy with a nodes
+peer, IPReservation, all-interfaces host endpoints) and what they read, a smaller key
+space in which their interactions come up within few examples.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tabby.calc.node import DesiredState, NodeCalculator, NodeSettings, desired_state
@@ -135,6 +138,64 @@ kind: BGPPeer
 metadata: {{name: tor}}
 spec: {{peerIP: {ip}, asNumber: 64600}}
 """
+TIER = """
+apiVersion: projectcalico.org/v3
+kind: Tier
+metadata: {{name: security}}
+spec: {{order: {order}{default}}}
+"""
+TIERED = """
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {{name: {name}}}
+spec:
+  tier: {tier}
+  selector: app == 'web' || role == 'host'
+  order: 1
+  ingress:
+  - {{action: {action}, protocol: TCP, source: {{selector: role == 'client'}},
+     destination: {{ports: [80]}}}}
+"""
+KCNP = """
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {{name: admin}}
+spec:
+  tier: {tier}
+  priority: {priority}
+  subject: {{namespaces: {{}}}}
+  ingress:
+  - {{action: Pass, from: [{{namespaces: {{matchLabels: {{team: a}}}}}}]}}
+  egress:
+  - {{action: {action}, to: [{{nodes: {{matchLabels: {{rack: {rack}}}}}}}]}}
+  - {{action: Deny, to: [{{networks: ["203.0.113.0/24"]}}]}}
+"""
+RESERVATION = """
+apiVersion: projectcalico.org/v3
+kind: IPReservation
+metadata: {{name: gw}}
+spec: {{reservedCIDRs: [{cidrs}]}}
+"""
+HEP = """
+apiVersion: projectcalico.org/v3
+kind: HostEndpoint
+metadata: {{name: {name}, labels: {{role: {role}}}}}
+spec: {{node: node-1, interfaceName: "{iface}"{ips}}}
+"""
+HOST_GNP = """
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {{name: host}}
+spec:
+  selector: role == 'host'
+  {stage}
+  ingress: [{{action: Deny, protocol: TCP, destination: {{ports: [81]}}}}, {{action: Allow}}]
+"""
+
+
+def _hep(name: str, role: str, iface: str = "*", ips: str = "") -> Resource:
+    return _docs(HEP.format(name=name, role=role, iface=iface,
+                            ips=f", expectedIPs: [{ips}]" if ips else ""))[0]
 
 
 def _ep(i: int, node: str, labels: dict[str, str]) -> Resource:
@@ -189,6 +250,34 @@ VARIANTS: dict[Key, list[Resource]] = {
         *_docs(BGPCONF.format(asn=64513, cidr="198.18.144.0/20"))],
     ("BGPPeer", "", "tor"): [*_docs(BGPPEER.format(ip="198.18.0.1")),
                              *_docs(BGPPEER.format(ip="198.18.0.2"))],
+    # Issue 18's kinds: a tier (order, default action), policies in it and in a tier with
+    # no Tier object, ClusterNetworkPolicy (tiers, priority, a nodes peer on the Nodes'
+    # labels), an IPReservation, all-interfaces host endpoints (two on one node: the
+    # first by name wins) beside a named one, and host policy by stage.
+    ("Tier", "", "security"): [*_docs(TIER.format(order=100, default="")),
+                               *_docs(TIER.format(order=600, default=", defaultAction: Pass"))],
+    ("GlobalNetworkPolicy", "", "security.guard"): [
+        *_docs(TIERED.format(name="security.guard", tier="security", action="Deny")),
+        *_docs(TIERED.format(name="security.guard", tier="security", action="Pass"))],
+    ("GlobalNetworkPolicy", "", "guard"): [
+        *_docs(TIERED.format(name="guard", tier="default", action="Allow")),
+        *_docs(TIERED.format(name="platform.guard", tier="platform", action="Allow"))],
+    ("ClusterNetworkPolicy", "", "admin"): [
+        *_docs(KCNP.format(tier="Admin", priority=10, action="Deny", rack="a")),
+        *_docs(KCNP.format(tier="Baseline", priority=10, action="Accept", rack="b")),
+        *_docs(KCNP.format(tier="Admin", priority=3, action="Pass", rack="b"))],
+    ("IPReservation", "", "gw"): [*_docs(RESERVATION.format(cidrs="198.19.0.1/32")),
+                                  *_docs(RESERVATION.format(cidrs="198.19.0.0/30, fd7a::/120"))],
+    ("HostEndpoint", "", "node-1-a"): [_hep("node-1-a", "host"),
+                                       _hep("node-1-a", "other", ips="198.18.0.11")],
+    ("HostEndpoint", "", "node-1-b"): [_hep("node-1-b", "host", ips="198.18.0.11")],
+    ("HostEndpoint", "", "node-1-eth"): [_hep("node-1-eth", "host", iface="eth0"),
+                                         _hep("node-1-eth", "host", iface="eth1")],
+    ("GlobalNetworkPolicy", "", "host"): [
+        *_docs(HOST_GNP.format(stage="applyOnForward: true\n  egress: [{action: Allow}]")),
+        *_docs(HOST_GNP.format(stage="order: 3\n  egress: [{action: Deny}]")),
+        *_docs(HOST_GNP.format(stage="preDNAT: true\n  applyOnForward: true\n"
+                                     "  types: [Ingress]"))],
 }
 KEYS = sorted(VARIANTS)
 
@@ -215,12 +304,18 @@ def _differences(a: DesiredState, b: DesiredState) -> list[str]:
 
 UPDATES = st.lists(st.tuples(st.sampled_from(KEYS), st.integers(0, 3)), min_size=1,
                    max_size=30)
+# Issue 18's kinds and what they read (Nodes' labels and addresses, endpoints, the
+# namespace): a smaller space, so that their interactions come up within few examples.
+ISSUE18_KEYS = [k for k in KEYS if k[0] in (
+    "Tier", "ClusterNetworkPolicy", "IPReservation", "HostEndpoint", "Node",
+    "WorkloadEndpoint", "Namespace") or k in (("GlobalNetworkPolicy", "", "security.guard"),
+                                               ("GlobalNetworkPolicy", "", "guard"),
+                                               ("GlobalNetworkPolicy", "", "host"))]
+ISSUE18_UPDATES = st.lists(st.tuples(st.sampled_from(ISSUE18_KEYS), st.integers(0, 3)),
+                           min_size=1, max_size=20)
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(start_full=st.booleans(), updates=UPDATES)
-def test_incremental_equals_fresh_after_every_update(start_full: bool,
-                                                     updates: list[tuple[Key, int]]) -> None:
+def _replay(start_full: bool, updates: list[tuple[Key, int]]) -> None:
     state = _full_state() if start_full else {}
     calculator = NodeCalculator(SETTINGS)
     calculator.calculate(_snapshot(state))
@@ -237,6 +332,21 @@ def test_incremental_equals_fresh_after_every_update(start_full: bool,
                                                      _differences(incremental, fresh))
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(start_full=st.booleans(), updates=UPDATES)
+def test_incremental_equals_fresh_after_every_update(start_full: bool,
+                                                     updates: list[tuple[Key, int]]) -> None:
+    _replay(start_full, updates)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(start_full=st.booleans(), updates=ISSUE18_UPDATES)
+@example(start_full=True, updates=[(("Node", "", "node-1"), 1)])  # a nodes peer's labels
+def test_incremental_equals_fresh_for_tiers_cnp_and_host_endpoints(
+        start_full: bool, updates: list[tuple[Key, int]]) -> None:
+    _replay(start_full, updates)
+
+
 def test_the_full_state_exercises_every_feature() -> None:
     """The sequences above are worth something only if the state they vary reaches every
     part of the DesiredState: check the full state does."""
@@ -251,6 +361,12 @@ def test_the_full_state_exercises_every_feature() -> None:
     assert "natout-post" in chains  # natOutgoing
     assert [p for p in desired.bird.peers if p.source.startswith("BGPPeer")]  # explicit
     assert any("service" in o.why for o in desired.bird.origins)
+    # issue 18: tiers, a ClusterNetworkPolicy's nodes peer, all-interfaces host endpoints
+    assert any(name.startswith("pol-hi-") for name in chains)
+    assert desired.nft.sets["pol-hep-ifaces"].elements == frozenset({'"eth0"'})
+    racked = desired_state(_snapshot({**_full_state(), ("Node", "", "node-1"):
+                                      VARIANTS[("Node", "", "node-1")][1]}), SETTINGS)
+    assert racked.nft != desired.nft  # node-1 labelled rack a: the CNP's nodes peer has it
     vxlan = desired_state(_snapshot({**_full_state(), ("IPPool", "", "p4"):
                                      VARIANTS[("IPPool", "", "p4")][1]}), SETTINGS)
     assert [link.name for link in vxlan.links] == [VXLAN_DEVICES[4]]

@@ -21,14 +21,24 @@ Snapshots are built by difference: the cache keeps each kind's objects in
 ``snapshot()``, rebuilds the tuples of only the kinds that changed since the
 last one (nothing changed: the same Snapshot object again). The result equals
 ``Snapshot.build`` over every object held.
+
+Memory: a document is copied before parsing, its strings interned and its
+large integers shared (``_Canon``), so the objects held share one copy of every
+label key and value, name, node and timestamp, and keep nothing of the listing
+itself: with the listing dropped, the memory it took goes back whole (objects
+holding a string of each raw document would pin all of it, ~40 MiB with 10k
+endpoints).
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 import logging
+import sys
 import threading
 from collections.abc import Iterable
+from typing import Any
 
 from tabby.errors import ValidationError
 from tabby.model import (
@@ -43,6 +53,7 @@ from tabby.model import (
     WorkloadEndpoint,
     all_kinds,
 )
+from tabby.model.kindnotes import notes_for
 from tabby.snapshot import Snapshot
 from tabby.store.base import Event, Item, Key, Store
 from tabby.store.client import from_item, key_of
@@ -74,6 +85,7 @@ class StoreCache:
         self.revision = 0  # everything up to here is folded in
         self._kinds = kinds()
         self._sorted = _Sorted()
+        self._warned: dict[Key, int] = {}  # key -> the revision whose ignored fields were logged
 
     def load(self) -> int:
         """List every kind afresh; returns the revision to watch from (exclusive)."""
@@ -83,10 +95,12 @@ class StoreCache:
         for resource, cls in self._kinds.items():
             listing = self._store.list(resource)
             revisions.append(listing.revision)
+            canon = _Canon()  # one per listing: dropped with it
             for item in listing:
-                obj = self._parse(cls, item)
+                obj = self._parse(cls, item, canon)
                 if obj is not None:
-                    objects[item.key] = (item.revision, obj)
+                    objects[canon.key(item.key)] = (item.revision, obj)
+            del listing  # before the next kind's listing: its memory is reused
         with self._lock:
             self._objects = objects
             self._tombstones = {}
@@ -101,6 +115,7 @@ class StoreCache:
     def apply(self, events: Iterable[Event]) -> set[str]:
         """Fold watch events in; returns the resources that changed."""
         changed: set[str] = set()
+        canon = _Canon()
         with self._lock:
             for event in events:
                 self.revision = max(self.revision, event.revision)
@@ -113,12 +128,12 @@ class StoreCache:
                     continue
                 assert event.value is not None
                 item = Item(event.key, event.value, event.revision, event.revision)
-                obj = self._parse(cls, item)
+                obj = self._parse(cls, item, canon)
                 if obj is None:
                     if self._remove(event.key, event.revision):
                         changed.add(event.key.resource)
                     continue
-                if self._put(event.key, event.revision, obj):
+                if self._put(canon.key(event.key), event.revision, obj):
                     changed.add(event.key.resource)
             self._tombstones = {k: r for k, r in self._tombstones.items() if r > self.revision}
         return changed
@@ -168,18 +183,74 @@ class StoreCache:
             return False  # we hold something newer than this deletion
         self._tombstones[key] = max(self._tombstones.get(key, 0), revision)
         gone = self._objects.pop(key, None)
+        self._warned.pop(key, None)
         if gone is None:
             return False
         self._sorted.remove(key.resource, gone[1])
         return True
 
-    @staticmethod
-    def _parse(cls: type[Resource], item: Item) -> Resource | None:
+    def _parse(self, cls: type[Resource], item: Item, canon: _Canon) -> Resource | None:
         try:
-            return from_item(cls, item)
+            obj = from_item(cls, Item(item.key, canon.value(item.value), item.revision,
+                                      item.create_revision))
         except ValidationError as exc:
             log.warning("ignoring invalid %s in the store: %s", item.key, exc)
             return None
+        self._log_ignored(item, obj)
+        return obj
+
+    def _log_ignored(self, item: Item, obj: Resource) -> None:
+        """Log the fields tabby accepts and ignores (kubectl in Kubernetes mode bypasses
+        ``apply``'s warnings), once per object version: a relist reads the same again."""
+        notes = notes_for(item.key.resource)
+        if not notes.notes or self._warned.get(item.key) == item.revision:
+            return
+        warnings = notes.warnings(obj.ref, item.value)
+        if not warnings:
+            self._warned.pop(item.key, None)
+            return
+        self._warned[item.key] = item.revision
+        for warning in warnings:
+            log.warning("%s", warning)
+
+
+class _Shared(dict[Any, Any]):
+    """A listing's string or large integer -> the one copy the parsed objects share."""
+
+    def __missing__(self, value: Any) -> Any:
+        if type(value) is str:
+            # a new object (a slice of a new string), interned: interning the document's
+            # own string would keep that document's memory block alive
+            got: Any = sys.intern((value + " ")[:-1])
+        else:
+            got = 0 - (0 - value)  # a new int object
+        self[value] = got
+        return got
+
+
+class _Canon:
+    """Copies of stored documents sharing one object per equal string (interned: the
+    interpreter drops an interned string nobody holds) and per equal large integer.
+    The copy, not the listing's document, is what the parser keeps parts of."""
+
+    def __init__(self) -> None:
+        self._shared = _Shared()
+
+    def value(self, value: Any) -> Any:
+        shared = self._shared
+        kind = type(value)
+        if kind is dict:  # JSON: keys are strings; most values too (one lookup, in C)
+            return {shared[k]: shared[v] if type(v) is str else self.value(v)
+                    for k, v in value.items()}
+        if kind is list:
+            return [shared[v] if type(v) is str else self.value(v) for v in value]
+        if kind is str or (kind is int and not -5 <= value <= 256):  # beyond CPython's
+            return shared[value]                                      # shared small ints
+        return value
+
+    def key(self, key: Key) -> Key:
+        shared = self._shared
+        return Key(shared[key.resource], shared[key.namespace], shared[key.name])
 
 
 def _sort_key(resource: str, obj: Resource) -> SortKey:
@@ -225,9 +296,11 @@ class _Sorted:
             self.tuples[resource] = tuple(map(members.__getitem__, self.order.get(resource, ())))
         others = self.last.others if self.last is not None else ()
         if self.last is None or any(r not in _FIELDS for r in self.dirty):
-            others = tuple(o for r in sorted(self.tuples) if r not in _FIELDS
-                           for o in self.tuples[r])
+            others = tuple(itertools.chain.from_iterable(
+                self.tuples[r] for r in sorted(self.tuples) if r not in _FIELDS))
         core = {f: self.tuples.get(r, ()) for r, f in _FIELDS.items()}
+        # others by kind, for Snapshot.of: a kind that did not change keeps its tuple
+        kinds = {type(t[0]): t for r, t in self.tuples.items() if t and r not in _FIELDS}
         self.dirty = set()
-        self.last = Snapshot(others=others, **core)  # type: ignore[arg-type]
+        self.last = Snapshot.with_kinds(kinds, others=others, **core)
         return self.last

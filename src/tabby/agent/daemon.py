@@ -39,24 +39,28 @@ agent adopts the routes in place.
 from __future__ import annotations
 
 import functools
-import gc
 import logging
 import threading
 import time
 from dataclasses import dataclass
 
+from tabby.agent import collector
 from tabby.agent.apply import NodeApplier
 from tabby.agent.autodetect import AddressPlan, HostAddresses, node_internal_ips
 from tabby.agent.cache import StoreCache
 from tabby.agent.cniserver import CNIServer
+from tabby.agent.flows import FlowCollector, FlowSettings
 from tabby.agent.handler import AgentPodHandler
 from tabby.agent.http import HealthServer
 from tabby.agent.metrics import AgentMetrics
+from tabby.agent.policymetrics import PolicyMetrics
 from tabby.agent.publisher import NodePublisher, Published
+from tabby.agent.staged import StagedAnnotator
 from tabby.bgp.controller import BirdController
 from tabby.calc.node import NodeCalculator, NodeSettings
 from tabby.cni.wire import DEFAULT_SOCKET
 from tabby.dataplane.netlink import CallCounts
+from tabby.dataplane.nft import NftCommand
 from tabby.dataplane.pods import PodWirer
 from tabby.errors import Compacted, TabbyError
 from tabby.store.base import Event, Store, Watch
@@ -83,6 +87,10 @@ class AgentConfig:
     # CNI ADD returns once a pass has programmed the new pod (its routes and policy), or
     # after this many seconds; until then the pod is fail-closed (0: do not wait).
     policy_setup_timeout: float = 2.0
+    # Flow logs (tabby.agent.flows): None turns them off (no log rules, no collector).
+    flows: FlowSettings | None = None
+    # Per-rule nft counters, exported in /metrics (tabby.agent.policymetrics).
+    policy_counters: bool = True
 
 
 class Agent:
@@ -95,22 +103,37 @@ class Agent:
         self.metrics = AgentMetrics(self.counts.snapshot)
         self.cache = StoreCache(store, config.node)
         self.lock = threading.Lock()  # the dataplane: passes vs CNI ADD/DEL
-        self.calculator = NodeCalculator(NodeSettings(config.node, mtu=config.mtu,
-                                                      bgp=config.bgp == "bird"))
+        self.calculator = NodeCalculator(NodeSettings(
+            config.node, mtu=config.mtu, bgp=config.bgp == "bird",
+            flowlog=config.flows.log if config.flows is not None else None,
+            counters=config.policy_counters))
+        self.flows = FlowCollector(config.node, config.flows, self.metrics.registry) \
+            if config.flows is not None else None
         self.applier = NodeApplier(self.counts, bird=_bird(config))
+        # Rule counters, nft, BGP and IPAM metrics; staged policies' verdicts on new flow
+        # records (tabby.agent.policymetrics, tabby.agent.staged).
+        self.policy_metrics = PolicyMetrics(
+            self.metrics.registry, nft_read=NftCommand().read,
+            ids=lambda: self.calculator.policy.flow_ids,
+            bird_socket=self.applier.bird.bird.socket if self.applier.bird else None)
+        self.staged = StagedAnnotator(config.node)
+        if self.flows is not None:
+            self.flows.annotate = lambda r: self.policy_metrics.flow(self.staged.annotate(r))
         self.publisher = NodePublisher(config.node, self.client, self.cache,
                                        addresses=_address_source(config, self.client,
                                                                  self.counts))
         self.handler = AgentPodHandler(
             node=config.node, client=self.client, cache=self.cache,
             wirer=PodWirer(self.counts), lock=self.lock, ready=self.is_ready, mtu=config.mtu,
-            programmed=self.program_now if config.policy_setup_timeout > 0 else None)
+            programmer=self if config.policy_setup_timeout > 0 else None)
         self._ready = threading.Event()
         self._stop = threading.Event()
         self.passes = 0
         self._sync_lock = threading.Lock()  # one pass at a time (the loop's, or an ADD's)
         self._pass_state = threading.Condition()
-        self._started = self._done = 0  # passes started, and the last one completed
+        # Passes count the snapshots they calculate from (taken under the dataplane lock);
+        # ``_covered`` is the number of the last completed pass's snapshot.
+        self._snapshots = self._covered = self._pass_snapshot = 0
         self._running = False
         self._last_full = 0.0  # monotonic time of the last full (kernel read-back) pass
         self._publish_full = True  # the next publisher run checks IPAM too
@@ -125,7 +148,8 @@ class Agent:
 
     def run(self) -> None:
         """Serve until ``stop()``: HTTP, the CNI socket, and the reconcile loop here."""
-        http = HealthServer(self.config.metrics_addr, self.metrics.registry.render, self._health)
+        http = HealthServer(self.config.metrics_addr, self.metrics.registry.render, self._health,
+                            {"/flows": self.flows.serve} if self.flows is not None else None)
         http.start()
         try:
             cni = CNIServer(self.config.cni_socket, self.handler, self.metrics)
@@ -133,13 +157,22 @@ class Agent:
             http.close()
             raise
         cni.start()
+        self.handler.start()  # deletes retired pod veths, an earlier agent's at once
         log.info("agent for node %s: CNI on %s, metrics on %s:%d", self.node,
                  self.config.cni_socket, *http.address)
         try:
+            if self.flows is not None:
+                try:  # flow logs are never a reason not to run the dataplane
+                    self.flows.start()
+                except TabbyError as exc:
+                    log.error("flow logs: %s; no flows are recorded", exc)
             self.loop()
         finally:
             cni.close()
+            self.handler.close()
             http.close()
+            if self.flows is not None:
+                self.flows.close()
             self.applier.close()
             log.info("agent for node %s stopped; the dataplane is left as it is", self.node)
 
@@ -259,17 +292,30 @@ class Agent:
         return published
 
     # -- one pass ----------------------------------------------------------------
-    def program_now(self) -> bool:
-        """Make sure a pass that starts after this call completes: join the one that
-        started after it if there is one, else run one here (the CNI handler calls this
-        after writing a new endpoint, so that ADD returns with the pod programmed; an ADD
-        storm shares passes). False if that took longer than the policy setup timeout."""
+    def running(self) -> bool:
+        """Is a pass under way (perhaps still waiting for the dataplane lock)?"""
+        with self._pass_state:
+            return self._running
+
+    def ticket(self) -> int:
+        """Called under the dataplane lock, right after a change to the cache: every pass
+        whose snapshot number is above this one calculates with that change."""
+        return self._snapshots
+
+    def programmed(self, ticket: int) -> bool:
+        """Make sure a pass that calculates with what the cache held at ``ticket`` has
+        completed: join the running one if it snapshots after the ticket, else run one here
+        (the CNI handler calls this after writing a new endpoint, so that ADD returns with
+        the pod programmed). An ADD storm shares passes: a pass that was waiting for the
+        dataplane lock while ADDs wired their pods covers all of them, and of ADDs waiting
+        for a pass that does not cover them, one runs the next and the others find it done
+        (was one pass per ADD and more: 112 passes for 100 ADDs from 8 workers). False if
+        that took longer than the policy setup timeout."""
         if not self.is_ready():
             return False
         deadline = time.monotonic() + self.config.policy_setup_timeout
         with self._pass_state:
-            wanted = self._started + 1
-            while self._done < wanted:
+            while self._covered <= ticket:
                 if not self._running:
                     break  # nobody is on it: run it here
                 remaining = deadline - time.monotonic()
@@ -278,30 +324,40 @@ class Agent:
                 self._pass_state.wait(remaining)
             else:
                 return True
-        self.sync()
+        self.sync(unless_covered=ticket)
         return True
 
-    def sync(self) -> bool:
-        """Calculate and apply everything once; True if nothing failed."""
+    def sync(self, unless_covered: int | None = None) -> bool:
+        """Calculate and apply everything once; True if nothing failed. With
+        ``unless_covered`` (a ``ticket``), nothing is run if a pass that covers it has
+        completed by the time this one could start."""
         with self._sync_lock:
             with self._pass_state:
-                self._started += 1
+                if unless_covered is not None and self._covered > unless_covered:
+                    return True
                 self._running = True
             try:
                 return self._sync()
             finally:
                 with self._pass_state:
                     self._running = False
-                    self._done = self._started
+                    self._covered = self._pass_snapshot
                     self._pass_state.notify_all()
 
     def _sync(self) -> bool:
         started = time.monotonic()
         full = not self._last_full or started - self._last_full >= self._resync_interval()
-        with self.lock:
+        with self.lock, collector.paused():
             snapshot = self.cache.snapshot()
+            self._snapshots += 1  # under the dataplane lock: see ticket()
+            self._pass_snapshot = self._snapshots
             state = self.calculator.calculate(snapshot)
             applied = self.applier.apply(state, full=full)
+        if self.flows is not None:  # what the flow ids in the rules just applied mean
+            self.flows.update(self.calculator.policy.flow_ids, snapshot.endpoints)
+        self.staged.update(snapshot)
+        self.policy_metrics.observe(applied.nft_mode, applied.nft_seconds, applied.nft_failed,
+                                    snapshot)
         if full:
             self._last_full = started
             self._publish_full = True  # the publisher's periodic IPAM check rides along
@@ -331,10 +387,11 @@ class Agent:
             m.ready.set(1)
             log.info("first sync done: %d routes desired, %d endpoints", len(desired),
                      len(snapshot.local_endpoints(self.node)))
-            # The cache and the computed state are long-lived: move them out of the
-            # cyclic collector's reach, or its full passes (~150 ms at 10k services,
-            # measured) land on random CNI requests and incremental updates.
-            gc.freeze()
+        if full:
+            # The cache and the computed state are long-lived: out of the cyclic
+            # collector's reach (tabby.agent.collector says why), after every full pass:
+            # a relist brings a whole new cache.
+            collector.settle()
         return not problems
 
 

@@ -42,6 +42,7 @@ from tabby.calc.vxlan import VxlanDevice, desired_devices, vxlan_nft_part
 from tabby.errors import TabbyError
 from tabby.model import IPPool
 from tabby.nft.model import Ruleset, merge
+from tabby.policy.flowids import FlowLog
 from tabby.policy.nftables import PolicyRules
 from tabby.services.nft import ServiceRules
 from tabby.snapshot import Snapshot
@@ -68,13 +69,15 @@ class NodeSettings:
     node: str
     mtu: int = 1500  # the host interface's; VXLAN devices get this less their overhead
     bgp: bool = False  # BIRD spreads the routes (remote routes are its, not ours)
+    flowlog: FlowLog | None = None  # policy logs flows to NFLOG (tabby.policy.flowlog)
+    counters: bool = False  # per-rule named counters (tabby.agent.policymetrics reads them)
 
 
 class NodeCalculator:
     def __init__(self, settings: NodeSettings) -> None:
         self.settings = settings
         self.node = settings.node
-        self.policy = PolicyRules(settings.node)
+        self.policy = PolicyRules(settings.node, settings.flowlog, counters=settings.counters)
         self.services = ServiceRules(settings.node)
 
     def calculate(self, snapshot: Snapshot) -> DesiredState:
@@ -93,7 +96,8 @@ class NodeCalculator:
                 problems.append(f"bird: computing bird.conf: {exc}")
         return DesiredState(
             node=node, routes=desired_routes(snapshot, node, bgp=self.settings.bgp),
-            links=links, nft=nft, bird=bird, sysctls=node_sysctls(FAMILIES),
+            links=links, nft=nft, bird=bird,
+            sysctls=node_sysctls(FAMILIES, flows=self.settings.flowlog is not None),
             ipip_pools=ipip_pools(snapshot, node), problems=tuple(problems))
 
     def nft_parts(self, snapshot: Snapshot, links: tuple[VxlanDevice, ...]) -> list[Ruleset]:
@@ -119,9 +123,11 @@ def desired_ruleset(snapshot: Snapshot, node: str) -> Ruleset:
     return merge(calculator.nft_parts(snapshot, desired_devices(snapshot, node, 1500)))
 
 
-def node_sysctls(families: tuple[int, ...] = FAMILIES) -> dict[str, str]:
-    """Forwarding on for each family the node routes."""
-    out = {}
+def node_sysctls(families: tuple[int, ...] = FAMILIES, *, flows: bool = False
+                 ) -> dict[str, str]:
+    """Forwarding on for each family the node routes; with flow logs, conntrack counts
+    each connection's packets and bytes (read when the flow ends)."""
+    out = {"net/netfilter/nf_conntrack_acct": "1"} if flows else {}
     if 4 in families:
         out["net/ipv4/ip_forward"] = "1"
     if 6 in families:

@@ -10,12 +10,15 @@ still holds the previous state and the next pass replaces the table.
 Sets flagged ``dynamic`` are filled by the packet path (session affinity
 remembers which client went to which endpoint); a full replace re-adds what
 they held, with the time each element had left, so neither a periodic full
-pass nor an agent restart forgets it.
+pass nor an agent restart forgets it. Named counters (policy's per-rule
+counters) are declared again with the values they had, likewise.
 
 The ``NftRunner`` seam runs a script (and reads the table back as JSON);
 ``NftCommand`` is the real one (the ``nft`` binary in the caller's network
-namespace); ``tabby.testing.fakes.FakeNft`` an in-memory one. The time a pass
-took is read from the ``clock`` seam (``time.monotonic`` by default).
+namespace), ``tabby.dataplane.libnft.NftLibrary`` the same in-process (the
+default where libnftables loads); ``tabby.testing.fakes.FakeNft`` an in-memory
+one. The time a pass took is read from the ``clock`` seam (``time.monotonic``
+by default).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from tabby.dataplane.libnft import NftLibrary
 from tabby.errors import DataplaneError
 from tabby.nft.model import FAMILY, TABLE, Ruleset
 from tabby.nft.render import TypeChanged, render_delta, render_full
@@ -68,6 +72,15 @@ class NftCommand:
         return done.stdout.decode()
 
 
+def default_runner() -> NftRunner:
+    """libnftables in-process (``tabby.dataplane.libnft``: no fork and exec per
+    transaction, which CNI ADD waits for), else the ``nft`` binary."""
+    try:
+        return NftLibrary()
+    except OSError:
+        return NftCommand()
+
+
 def _live_elements(items: object) -> list[str]:
     """Elements of a listed set that have time left, as nft text (plain values only)."""
     out = []
@@ -94,7 +107,7 @@ class NftResult:
 class NftReconciler:
     def __init__(self, runner: NftRunner | None = None, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.runner = runner or NftCommand()
+        self.runner = runner or default_runner()
         self.applied: Ruleset | None = None
         self._clock = clock
 
@@ -109,7 +122,7 @@ class NftReconciler:
             except TypeChanged:
                 mode = "full"
         if mode == "full":
-            script = render_full(desired) + self._kept(desired)
+            script = render_full(desired, self._counts(desired)) + self._kept(desired)
         if not script:
             return NftResult("none", 0, self._clock() - started)
         try:
@@ -119,6 +132,22 @@ class NftReconciler:
             return NftResult(mode, script.count("\n"), self._clock() - started, (str(exc),))
         self.applied = desired
         return NftResult(mode, script.count("\n"), self._clock() - started)
+
+    def _counts(self, desired: Ruleset) -> dict[str, tuple[int, int]]:
+        """What the kernel's named counters of ``desired`` have counted (a full replace
+        declares them again with these values: a periodic resync resets nothing)."""
+        if not desired.counters:
+            return {}
+        try:
+            listing = json.loads(self.runner.read(f"counters table {FAMILY} {TABLE}"))
+        except (DataplaneError, ValueError):
+            return {}  # no table yet, or unreadable: they start at 0
+        out = {}
+        for entry in listing.get("nftables", []) if isinstance(listing, dict) else []:
+            c = entry.get("counter") if isinstance(entry, dict) else None
+            if isinstance(c, dict) and c.get("name") in desired.counters:
+                out[str(c["name"])] = (int(c.get("packets", 0)), int(c.get("bytes", 0)))
+        return out
 
     def _kept(self, desired: Ruleset) -> str:
         """``add element`` lines giving back what the kernel holds in ``desired``'s

@@ -113,13 +113,17 @@ class Ruleset:
     sets: Mapping[str, NftSet] = field(default_factory=dict)
     maps: Mapping[str, NftMap] = field(default_factory=dict)
     hooks: tuple[HookEntry, ...] = ()
+    # Named counters (``counter name "X"`` in a rule): declared before the rules that
+    # name them, deleted after (policy's per-rule counters, tabby.agent.policymetrics).
+    counters: frozenset[str] = frozenset()
 
     @classmethod
     def of(cls, chains: Iterable[Chain] = (), sets: Iterable[NftSet] = (),
-           maps: Iterable[NftMap] = (), hooks: Iterable[HookEntry] = ()) -> Ruleset:
+           maps: Iterable[NftMap] = (), hooks: Iterable[HookEntry] = (),
+           counters: Iterable[str] = ()) -> Ruleset:
         """A part from lists; names must be unique within it."""
         return merge([cls(_unique(chains, "chain"), _unique(sets, "set"),
-                          _unique(maps, "map"), tuple(hooks))])
+                          _unique(maps, "map"), tuple(hooks), frozenset(counters))])
 
     def base_chains(self) -> dict[str, Chain]:
         """The base chains with their hook entries sorted in."""
@@ -138,7 +142,13 @@ def merge(parts: Iterable[Ruleset]) -> Ruleset:
     sets: dict[str, NftSet] = {}
     maps: dict[str, NftMap] = {}
     hooks: list[HookEntry] = []
+    counters: set[str] = set()
     for part in parts:
+        for name in part.counters:
+            _check_name(name, "counter")
+            if name in counters:
+                raise DataplaneError(f"nft counter {name!r} is declared twice")
+            counters.add(name)
         _join(chains, part.chains, "chain")
         _join(sets, part.sets, "set")
         _join(maps, part.maps, "map")
@@ -146,7 +156,7 @@ def merge(parts: Iterable[Ruleset]) -> Ruleset:
             if entry.base not in BASE_CHAINS:
                 raise DataplaneError(f"nft hook entry names unknown base chain {entry.base!r}")
             hooks.append(entry)
-    return Ruleset(chains, sets, maps, tuple(hooks))
+    return Ruleset(chains, sets, maps, tuple(hooks), frozenset(counters))
 
 
 def _join(target: dict[str, N], items: Mapping[str, N], what: str) -> None:

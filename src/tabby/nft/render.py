@@ -9,13 +9,13 @@ removed ones deleted last. Both outputs are meant for ``nft -f -``, which
 applies a file as one atomic transaction.
 
 Ordering inside a delta keeps every reference valid at every step: declare
-new sets, maps and chains; refill changed chains; add elements; delete
-elements; flush and delete removed chains; delete removed sets and maps.
+new counters, sets, maps and chains; refill changed chains; add elements; delete
+elements; flush and delete removed chains; delete removed sets, maps and counters.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from tabby.nft.model import BASE_CHAINS, FAMILY, TABLE, Chain, NftMap, NftSet, Rule, Ruleset
 
@@ -63,8 +63,13 @@ def _elements(items: Iterable[str], chunk: int = 2000) -> list[str]:
     return [", ".join(ordered[i:i + chunk]) for i in range(0, len(ordered), chunk)]
 
 
-def render_full(new: Ruleset) -> str:
+def render_full(new: Ruleset, counts: Mapping[str, tuple[int, int]] | None = None) -> str:
+    """The whole table; ``counts`` gives named counters their values back (packets,
+    bytes), so that replacing the table does not reset what they counted."""
     lines = [f"add table {T}", f"delete table {T}", f"add table {T}"]
+    have = counts or {}
+    lines += [f"add counter {T} {n}" + (f" {{ packets {have[n][0]} bytes {have[n][1]} }}"
+                                        if n in have else "") for n in sorted(new.counters)]
     lines += _declare(new.sets.values(), new.maps.values(), new.all_chains().keys())
     for chain in new.all_chains().values():
         lines += _fill(chain)
@@ -84,6 +89,7 @@ def render_delta(old: Ruleset, new: Ruleset) -> str:
     for name, m in new.maps.items():
         if name in old.maps and _map_decl(old.maps[name]) != _map_decl(m):
             raise TypeChanged(f"map {name}")
+    lines += [f"add counter {T} {n}" for n in sorted(new.counters - old.counters)]
     lines += _declare([s for n, s in new.sets.items() if n not in old.sets],
                       [m for n, m in new.maps.items() if n not in old.maps],
                       [n for n in new_chains if n not in old_chains])
@@ -96,9 +102,12 @@ def render_delta(old: Ruleset, new: Ruleset) -> str:
             lines += _fill(chain)
     for name, s in new.sets.items():
         have = old.sets[name].elements if name in old.sets else frozenset()
-        lines += [f"add element {T} {name} {{ {e} }}" for e in _elements(s.elements - have)]
+        if s.elements is not have:  # the same object: nothing to compare (a big set)
+            lines += [f"add element {T} {name} {{ {e} }}" for e in _elements(s.elements - have)]
     for name, m in new.maps.items():
         have_m = old.maps[name].elements if name in old.maps else frozenset()
+        if m.elements is have_m:
+            continue
         changed = m.elements - have_m
         # Keys are unique in a map, so only the pairs that differ need looking at
         # (big maps of which one element changed stay cheap).
@@ -112,7 +121,7 @@ def render_delta(old: Ruleset, new: Ruleset) -> str:
                   for e in _elements(f"{k} : {v}" for k, v in changed)]
         lines += [f"delete element {T} {name} {{ {e} }}" for e in _elements(gone)]
     for name, s in new.sets.items():
-        if name in old.sets:
+        if name in old.sets and old.sets[name].elements is not s.elements:
             lines += [f"delete element {T} {name} {{ {e} }}"
                       for e in _elements(old.sets[name].elements - s.elements)]
     removed = [n for n in old_chains if n not in new_chains]
@@ -120,6 +129,7 @@ def render_delta(old: Ruleset, new: Ruleset) -> str:
     lines += [f"delete chain {T} {n}" for n in removed]
     lines += [f"delete set {T} {n}" for n in old.sets if n not in new.sets]
     lines += [f"delete map {T} {n}" for n in old.maps if n not in new.maps]
+    lines += [f"delete counter {T} {n}" for n in sorted(old.counters - new.counters)]
     return "\n".join(lines) + ("\n" if lines else "")
 
 

@@ -104,7 +104,7 @@ from tabby.nft.expr import (
 )
 from tabby.nft.model import Chain, HookEntry, NftMap, NftSet, Rule, Ruleset
 from tabby.services.shares import Merged, Part, ShareCache
-from tabby.services.view import Backend, PortView, service_inputs, service_views
+from tabby.services.view import Backend, InputChanges, PortView, service_views
 from tabby.snapshot import Snapshot
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -138,9 +138,14 @@ class ServiceRules:
     def __init__(self, node: str) -> None:
         self.node = node
         self.shares = ShareCache(functools.partial(service_share, node=node))
+        self.inputs = InputChanges()
+        self.last: tuple[Merged, Ruleset] | None = None
 
     def part(self, snapshot: Snapshot) -> Ruleset:
-        return _ruleset(self.shares.merged(service_inputs(snapshot)))
+        merged = self.shares.update(self.inputs.changes(snapshot))
+        if self.last is None or self.last[0] is not merged:
+            self.last = (merged, _ruleset(merged))
+        return self.last[1]
 
 
 def services_part(snapshot: Snapshot, node: str) -> Ruleset:

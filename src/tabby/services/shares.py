@@ -2,6 +2,7 @@
 
     cache = ShareCache(compute)          compute(svc, slices) -> Part (pure)
     merged = cache.merged(inputs)        inputs: [(svc, slices), ...] in sorted order
+    merged = cache.update(changes)       only what changed: {(ns, name): inputs or None}
 
 With ten thousand services, computing every share and merging them all on
 every pass costs a few hundred milliseconds of Python, while a pass usually
@@ -17,6 +18,7 @@ every pass alike.
 
 from __future__ import annotations
 
+import bisect
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -109,30 +111,49 @@ def combine(buckets: Sequence[Merged]) -> Merged:
                   chains, affinity, keys)
 
 
+ServiceKey = tuple[str, str]  # (namespace, name)
+
+
 class ShareCache:
+    """Shares by service, and the buckets they merge into. ``update`` takes only the
+    services whose inputs may have changed (the agent's pass finds them by difference,
+    ``tabby.services.view.InputChanges``), so a pass costs what changed, not what is
+    held; ``merged`` takes every input and finds the changes itself."""
+
     def __init__(self, compute: Callable[[Service, tuple[EndpointSlice, ...]], Part],
                  buckets: int = BUCKETS) -> None:
         self.compute = compute
-        # id(service) -> (service, its slices, its share, its bucket); ints as keys,
-        # so a pass allocates few objects the garbage collector has to track
-        self.shares: dict[int, tuple[Service, tuple[EndpointSlice, ...], Part, int]] = {}
-        self.buckets: list[tuple[tuple[int, ...], Merged]] = [((), merge([]))] * buckets
+        self.shares: dict[ServiceKey, tuple[Service, tuple[EndpointSlice, ...], Part]] = {}
+        self.members: list[list[ServiceKey]] = [[] for _ in range(buckets)]  # sorted
+        self.buckets: list[Merged] = [merge([])] * buckets
+        self.last: Merged | None = None
 
     def merged(self, inputs: Iterable[Inputs]) -> Merged:
-        shares = {}
-        members: list[list[int]] = [[] for _ in self.buckets]
+        given = {(svc.meta.namespace, svc.meta.name): (svc, slices) for svc, slices in inputs}
+        return self.update({key: given.get(key) for key in self.shares.keys() | given.keys()})
+
+    def update(self, changes: Mapping[ServiceKey, Inputs | None]) -> Merged:
         dirty: set[int] = set()
-        for svc, slices in inputs:
-            key = id(svc)
-            hit = self.shares.get(key)
-            if hit is None or hit[0] is not svc or hit[1] != slices:  # tuple !=: `is` first
-                bucket = zlib.crc32(f"{svc.meta.namespace}/{svc.meta.name}".encode())
-                hit = (svc, slices, self.compute(svc, slices), bucket % len(self.buckets))
-                dirty.add(hit[3])
-            shares[key] = hit
-            members[hit[3]].append(key)
-        for index, keys in enumerate(members):
-            if index in dirty or tuple(keys) != self.buckets[index][0]:
-                self.buckets[index] = (tuple(keys), merge([shares[k][2] for k in keys]))
-        self.shares = shares
-        return combine([merged for _, merged in self.buckets])
+        for key, new in changes.items():
+            held = self.shares.get(key)
+            bucket = zlib.crc32(f"{key[0]}/{key[1]}".encode()) % len(self.buckets)
+            if new is None:
+                if held is not None:
+                    del self.shares[key]
+                    members = self.members[bucket]
+                    del members[bisect.bisect_left(members, key)]
+                    dirty.add(bucket)
+                continue
+            svc, slices = new
+            if held is not None and held[0] is svc and held[1] == slices:  # tuple ==: `is` first
+                continue
+            self.shares[key] = (svc, slices, self.compute(svc, slices))
+            if held is None:
+                bisect.insort(self.members[bucket], key)
+            dirty.add(bucket)
+        if self.last is not None and not dirty:
+            return self.last
+        for index in dirty:
+            self.buckets[index] = merge([self.shares[k][2] for k in self.members[index]])
+        self.last = combine(self.buckets)
+        return self.last

@@ -76,6 +76,7 @@ class KernelLink:
     mtu: int
     up: bool = False
     peer: KernelLink | None = None
+    group: int = 0  # the link group (0: the kernel's default)
     vxlan: VxlanInfo | None = None
     addresses: list[IPInterface] = field(default_factory=list)
     neighbours: dict[IPAddress, Neigh] = field(default_factory=dict)

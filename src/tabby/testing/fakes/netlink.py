@@ -21,11 +21,12 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, NoReturn, Self
 
-from tabby.dataplane.netlink import (
+from tabby.dataplane.nlvalues import (
     MAIN_TABLE,
     RT_SCOPE_LINK,
     CallCounts,
@@ -35,6 +36,8 @@ from tabby.dataplane.netlink import (
     KernelRoute,
     Link,
     Neigh,
+    RouteChange,
+    RouteOutcome,
     VxlanInfo,
 )
 from tabby.errors import NetlinkError
@@ -177,6 +180,25 @@ class FakeNetlink(Namespace):
         self._delete(self._links[name])
         return True
 
+    def retire_link(self, name: str, group: int) -> bool:
+        """Down and into link group ``group``; False if there is no such link."""
+        link = self._links.get(name)
+        if not self._done("link_set", name, link is not None, errno.ENODEV) or link is None:
+            return False
+        link.group = group
+        self._set_up(link, False)
+        return True
+
+    def delete_group(self, group: int) -> bool:
+        """Delete every link in ``group``; False if there is none."""
+        doomed = [x for x in self._links.values() if x.group == group]
+        if not self._done("link_del", f"group {group}", bool(doomed), errno.ENODEV):
+            return False
+        for link in doomed:
+            if link.name in self._links:  # a veth's peer may have gone with it
+                self._delete(link)
+        return True
+
     # -- addresses -----------------------------------------------------------------------
     def addresses(self, name: str) -> list[IPInterface]:
         link = self._lookup(name)
@@ -268,6 +290,28 @@ class FakeNetlink(Namespace):
             return False
         self._drop(lambda r: r is found)
         return True
+
+    def change_routes(self, changes: Sequence[RouteChange]) -> list[RouteOutcome]:
+        """The adapter's batch: each change in order, as its single call would go; a refused
+        one fails alone (the kernel answers every request of a batch)."""
+        outcomes = []
+        for change in changes:
+            try:
+                if change.delete:
+                    done = self.delete_route(KernelRoute(
+                        change.dst, change.type, None, None, change.protocol, change.scope,
+                        change.priority, False))
+                else:
+                    self.replace_route(change.dst, protocol=change.protocol, type=change.type,
+                                       gateway=change.gateway, dev=change.dev,
+                                       onlink=change.onlink,
+                                       scope_link=change.scope == RT_SCOPE_LINK)
+                    done = True
+            except NetlinkError as exc:
+                outcomes.append(RouteOutcome(change, False, exc))
+                continue
+            outcomes.append(RouteOutcome(change, done))
+        return outcomes
 
     # -- sysctls -----------------------------------------------------------------------------
     def sysctl_get(self, key: str) -> str:

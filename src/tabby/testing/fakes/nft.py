@@ -10,6 +10,8 @@ does: as one transaction, whole or not at all, refusing what nft refuses
 - declaring a set or map again with another declaration: EEXIST;
 - deleting a chain that still has rules or is jumped to, or a set a rule
   names: EBUSY;
+- a rule naming a missing counter (``counter name "X"``): ENOENT; deleting a
+  counter a rule names: EBUSY; ``count`` adds packets as the packet path would;
 - adding an element that is there is fine; elements added with a ``timeout``
   expire on the clock (``expires`` says how long they have left).
 
@@ -42,7 +44,8 @@ if TYPE_CHECKING:
 
 __all__ = ["FakeClock", "FakeNft"]
 
-_LINE = re.compile(r"(add|delete|flush) (table|chain|set|map|rule|element) (\w+) ([\w.-]+)"
+_LINE = re.compile(r"(add|delete|flush) (table|chain|set|map|rule|element|counter) (\w+)"
+                   r" ([\w.-]+)"
                    r"(?: ([\w.-]+))?(?: (.*))?$")
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 _ENOENT, _EEXIST, _EBUSY = ("No such file or directory", "File exists",
@@ -82,6 +85,7 @@ class _Table:
     sets: dict[str, _Set] = field(default_factory=dict)
     chains: dict[str, list[str]] = field(default_factory=dict)  # name -> rule texts
     handles: int = 0
+    counters: dict[str, tuple[int, int]] = field(default_factory=dict)  # (packets, bytes)
 
 
 class FakeNft:
@@ -112,6 +116,14 @@ class FakeNft:
     def read(self, what: str) -> str:
         self.reads.append(what)
         words = what.split()
+        if words[:1] == ["counters"] and len(words) == 4:  # counters table FAMILY NAME
+            got = self.tables.get((words[2], words[3]))
+            if got is None:
+                raise DataplaneError(f"nft list {what}: Error: {_ENOENT}")
+            return json.dumps({"nftables": [
+                {"counter": {"family": words[2], "name": c, "table": words[3],
+                             "packets": p, "bytes": b}}
+                for c, (p, b) in sorted(got.counters.items())]})
         table = self.tables.get((words[1], words[2])) if len(words) == 3 else None
         if words[:1] != ["table"] or table is None:
             raise DataplaneError(f"nft list {what}: Error: {_ENOENT}")
@@ -120,6 +132,12 @@ class FakeNft:
     def add_dynamic(self, name: str, value: str, timeout: int,
                     table: tuple[str, str] = ("inet", "tabby")) -> None:
         self.tables[table].sets[name].elements[value] = (None, timeout, self.clock() + timeout)
+
+    def count(self, name: str, packets: int, bytes_: int,
+              table: tuple[str, str] = ("inet", "tabby")) -> None:
+        """Packets meeting a named counter, as the packet path would count them."""
+        p, b = self.tables[table].counters[name]
+        self.tables[table].counters[name] = (p + packets, b + bytes_)
 
     def elements(self, name: str, table: tuple[str, str] = ("inet", "tabby")) -> set[str]:
         """The live elements of a set (a map's as ``key : value``)."""
@@ -152,6 +170,8 @@ class FakeNft:
             return self._chain(table, verb, sub)
         if obj in ("set", "map"):
             return self._set(table, verb, obj, sub, rest or "")
+        if obj == "counter":
+            return _counter(table, verb, sub, rest or "")
         if obj == "rule" and verb == "add":
             return self._rule(table, sub, rest or "")
         if obj == "element" and verb in ("add", "delete"):
@@ -201,6 +221,8 @@ class FakeNft:
             return _ENOENT
         if any(ref[1:] not in table.sets for ref in _refs(text)):
             return _ENOENT
+        if any(c not in table.counters for c in _counters(text)):
+            return _ENOENT
         table.chains[chain].append(text)
         return None
 
@@ -247,6 +269,24 @@ class FakeNft:
         out += [{"chain": {"family": family, "table": name, "name": chain}}
                 for chain in table.chains]
         return out
+
+
+def _counter(table: _Table, verb: str, name: str, rest: str) -> str | None:
+    if verb == "add":
+        given = re.search(r"packets (\d+) bytes (\d+)", rest)
+        if name not in table.counters or given:
+            table.counters[name] = (int(given[1]), int(given[2])) if given else (0, 0)
+        return None
+    if verb != "delete" or name not in table.counters:
+        return _ENOENT
+    if any(name in _counters(text) for rules in table.chains.values() for text in rules):
+        return _EBUSY
+    del table.counters[name]
+    return None
+
+
+def _counters(text: str) -> list[str]:
+    return re.findall(r'\bcounter name "([\w.-]+)"', text)
 
 
 def _inside(text: str) -> str:
