@@ -24,7 +24,7 @@ from bench.report import Failure, Row, render
 from bench.session import Session
 
 BENCHMARKS = ("ipam", "cni", "throughput", "vxlan", "services", "policy", "bgp", "kubeclient",
-              "kube")
+              "kube", "flows", "counters")
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = ROOT / "docs" / "benchmarks.md"
 

@@ -302,6 +302,9 @@ def test_the_lab_starts_agents_and_controllers_from_the_manifest(tmp_path: Path)
     assert command[command.index("--bgp-dir") + 1] == str(tmp_path / "node-2" / "bgp")
     assert command[command.index("--mtu") + 1] == str(t.mtu)
     assert command[command.index("--metrics-addr") + 1] == DEFAULT_METRICS_ADDR
+    host_ip = str(t.nodes[1].addresses()[0].ip)  # status.hostIP: the node's first address
+    assert env["TABBY_HOST_IP"] == host_ip
+    assert command[command.index("--flows-addr") + 1] == f"{host_ip}:9097"
     controllers = manifest_argv(state, "Deployment", "kubernetes:///c.kubeconfig")
     assert controllers[1] == "TABBY_DATASTORE=kubernetes:///c.kubeconfig"
     assert controllers[-1] == "controllers"

@@ -3,7 +3,10 @@
 ``/healthz`` answers 200 ``ok`` once the agent is ready (first full sync
 done), followed by a line per problem that leaves some pods out (a pool the
 node cannot serve), and 503 with the reason before; ``/metrics`` is
-Prometheus' text format. Anything else is 404. Request logging goes to the
+Prometheus' text format. Other paths are the ``routes`` the agent adds (``/flows``:
+``tabby.agent.flows``), each a function of the query string; anything else is
+404. A server made without ``metrics`` and ``health`` serves only its routes (the
+flows listener on the node's address: no /metrics there). Request logging goes to the
 ``logging`` module at debug level instead of stderr.
 """
 
@@ -11,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from tabby.errors import ConfigError
@@ -19,21 +22,25 @@ from tabby.errors import ConfigError
 log = logging.getLogger(__name__)
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+FLOWS_PORT = 9097  # the agents' --flows-addr port, where tabby flows finds them by Node
+# An extra path's handler: query string -> (status, content type, body)
+Route = Callable[[str], tuple[int, str, str]]
 
 
-def parse_addr(text: str) -> tuple[str, int]:
+def parse_addr(text: str, flag: str = "--metrics-addr") -> tuple[str, int]:
     """``127.0.0.1:9099`` or ``[::1]:9099`` -> (host, port); ConfigError if malformed."""
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"--metrics-addr {text!r}: expected HOST:PORT, e.g. 127.0.0.1:9099")
+        raise ConfigError(f"{flag} {text!r}: expected HOST:PORT, e.g. 127.0.0.1:9099")
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
 class HealthServer:
     """Serve health and metrics on ``addr``; bound once constructed (port 0: any free)."""
 
-    def __init__(self, addr: tuple[str, int], metrics: Callable[[], str],
-                 health: Callable[[], tuple[bool, str]]) -> None:
+    def __init__(self, addr: tuple[str, int], metrics: Callable[[], str] | None,
+                 health: Callable[[], tuple[bool, str]] | None,
+                 routes: Mapping[str, Route] | None = None, purpose: str = "metrics") -> None:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -45,12 +52,13 @@ class HealthServer:
 
         self._metrics = metrics
         self._health = health
+        self.routes: dict[str, Route] = dict(routes or {})  # may be added before start()
         family_v6 = ":" in addr[0]
         server_cls = _V6Server if family_v6 else ThreadingHTTPServer
         try:
             self._server = server_cls(addr, Handler)
         except OSError as exc:
-            raise ConfigError(f"cannot listen on {addr[0]}:{addr[1]} for metrics:"
+            raise ConfigError(f"cannot listen on {addr[0]}:{addr[1]} for {purpose}:"
                               f" {exc.strerror}") from exc
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -72,11 +80,14 @@ class HealthServer:
         self._server.server_close()
 
     def _serve(self, req: BaseHTTPRequestHandler) -> None:
-        path = req.path.split("?", 1)[0]
-        if path == "/healthz":
+        path, _, query = req.path.partition("?")
+        route = self.routes.get(path)
+        if route is not None:
+            self._reply(req, *route(query))
+        elif path == "/healthz" and self._health is not None:
             ok, reason = self._health()
             self._reply(req, 200 if ok else 503, "text/plain; charset=utf-8", f"{reason}\n")
-        elif path == "/metrics":
+        elif path == "/metrics" and self._metrics is not None:
             self._reply(req, 200, PROMETHEUS_TEXT, self._metrics())
         else:
             self._reply(req, 404, "text/plain; charset=utf-8", "not found\n")

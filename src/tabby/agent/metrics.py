@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import bisect
 import math
+import platform
 import threading
 from collections.abc import Callable, Iterable, Sequence
 
+import tabby
+
 Labels = tuple[tuple[str, str], ...]
 
+BUILD_INFO = "tabby_build_info"  # ``tabby version`` reads it back (tabby.cli.version)
 DEFAULT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -152,6 +156,10 @@ class Registry:
     def add(self, metric: _Metric) -> None:
         self._metrics.append(metric)
 
+    def metrics(self) -> tuple[_Metric, ...]:
+        """Every metric, in render order (docs/metrics.md is checked against it)."""
+        return tuple(self._metrics)
+
     def counter(self, name: str, help_text: str, labels: Sequence[str] = ()) -> Counter:
         metric = Counter(name, help_text, labels)
         self.add(metric)
@@ -183,6 +191,8 @@ class AgentMetrics:
                  ) -> None:
         self.registry = Registry()
         r = self.registry
+        r.gauge(BUILD_INFO, "Always 1; the labels say which tabby and Python this agent runs.",
+                ("version", "python")).set(1, tabby.__version__, platform.python_version())
         r.add(FuncGauge("tabby_netlink_calls_total", "Netlink (and sysctl) calls by operation.",
                         ("op",), lambda: {(k,): v for k, v in netlink_counts()[0].items()},
                         kind="counter"))

@@ -148,7 +148,8 @@ class Lab:
             if t.datastore == "kubernetes":
                 argv = manifest_argv(state, "DaemonSet", url, node)
             else:
-                argv = [*agent_argv(url, node, t.mtu), *bgp.agent_flags(t, node)]
+                argv = [*agent_argv(url, node, t.mtu, node_address(t, node.name)),
+                        *bgp.agent_flags(t, node)]
             proc = system.spawn(system.in_netns(node.netns, argv), f"agent {node.name}",
                                 node.agent_log)
             record = dataclasses.replace(node, agent=proc)
@@ -226,10 +227,22 @@ def ext_commands(t: Topology) -> list[str]:
     return cmds + [f"route add default via {gw.ip} dev {t.ext.ext_if}" for gw in t.ext.gateways]
 
 
-def agent_argv(url: str, node: NodeRecord, mtu: int) -> list[str]:
+def agent_argv(url: str, node: NodeRecord, mtu: int, address: str = "") -> list[str]:
+    """The agent's command line; ``address``: the node's, where ``/flows`` is served for
+    ``tabby flows`` elsewhere (the first address of its Node, as a cluster's would be)."""
+    from tabby.agent.http import FLOWS_PORT
+    flows = ["--flows-addr", f"{address}:{FLOWS_PORT}"] if address else []
     return [*tabby_command(), "--datastore", url, "agent", "--node", node.name,
             "--cni-socket", str(node.cni_socket), "--metrics-addr", AGENT_METRICS,
-            "--mtu", str(mtu)]
+            "--mtu", str(mtu), "--flow-logs", "on", "--flow-log-path", str(node.dir / "flows.db"),
+            *flows]
+
+
+def node_address(t: Topology, name: str) -> str:
+    """Node ``name``'s first fabric address (its Node's first InternalIP), or ""."""
+    plan = next((n for n in t.nodes if n.name == name), None)
+    addresses = plan.addresses() if plan is not None else ()
+    return str(addresses[0].ip) if addresses else ""
 
 
 def manifest_argv(state: LabState, kind: str, url: str, node: NodeRecord | None = None,
@@ -248,7 +261,8 @@ def manifest_argv(state: LabState, kind: str, url: str, node: NodeRecord | None 
         template, template["spec"]["containers"][0]["name"],
         node=node.name if node else "", namespace=workload["metadata"]["namespace"],
         config_maps={d["metadata"]["name"]: d["data"] for d in docs if d["kind"] == "ConfigMap"},
-        host_dirs=host_dirs)
+        host_dirs=host_dirs,
+        host_ip=node_address(state.topology, node.name) if node is not None else "")
     env = {**proc.env, "TABBY_DATASTORE": url}
     argv = list(proc.argv)
     if argv[0] == "tabby":  # the image's; here the lab's own installation

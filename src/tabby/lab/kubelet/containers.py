@@ -44,7 +44,7 @@ __all__ = ["Process", "container_process", "expand"]
 
 Json = dict[str, Any]
 _REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
-_FIELDS = ("spec.nodeName", "metadata.namespace", "spec.serviceAccountName")
+_FIELDS = ("spec.nodeName", "metadata.namespace", "spec.serviceAccountName", "status.hostIP")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,15 +64,17 @@ def expand(text: str, env: Mapping[str, str]) -> str:
 
 def container_process(template: Json, container: str, *, node: str, namespace: str,
                       config_maps: Mapping[str, Mapping[str, str]],
-                      host_dirs: Mapping[str, str]) -> Process:
-    """``container`` of pod template ``template`` (its ``spec`` inside) as a process."""
+                      host_dirs: Mapping[str, str], host_ip: str = "") -> Process:
+    """``container`` of pod template ``template`` (its ``spec`` inside) as a process
+    (``host_ip``: the node's address, ``status.hostIP`` of a hostNetwork pod)."""
     spec: Json = template.get("spec") or {}
     found = [c for c in spec.get("containers") or [] if c.get("name") == container]
     if not found:
         raise LabError(f"the pod template has no container {container!r}")
     c = found[0]
     fields = {"spec.nodeName": node, "metadata.namespace": namespace,
-              "spec.serviceAccountName": str(spec.get("serviceAccountName") or "default")}
+              "spec.serviceAccountName": str(spec.get("serviceAccountName") or "default"),
+              **({"status.hostIP": host_ip} if host_ip else {})}
     env: dict[str, str] = {}
     for var in c.get("env") or []:
         value = _env_value(container, var, env, fields, config_maps)
