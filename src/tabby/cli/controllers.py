@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        " from IP pools with allowedUses [LoadBalancer] (status.loadBalancer),"
                        " and a deleted Kubernetes Node's endpoints, addresses, IPAM blocks and"
                        " tabby Node are cleaned up (also, at start, those of nodes deleted"
-                       " while it was not running). Use with the kubernetes datastore;"
+                       " while it was not running), and Kubernetes Nodes' labels are copied"
+                       " onto tabby's Nodes. Use with the kubernetes datastore;"
                        " SIGTERM stops it.")
     p.add_argument("--log-level", default="info",
                    choices=("debug", "info", "warning", "error"), help="default: info")

@@ -3,6 +3,8 @@
     clean_node(client, name)                   what `tabby delete node` and the controller do
     orphans(tabby_nodes, kube_nodes)           pure: which tabby nodes have no Kubernetes Node
     NodeCleanupController(store).run(stop)     list + watch Kubernetes' core Nodes
+                                               (and tabby's: their labels follow
+                                               Kubernetes', ``tabby.kube.nodelabels``)
 
 ``clean_node`` takes, in this order: the node's WorkloadEndpoints (``spec.node``),
 the addresses IPAM handed out for it (every handle with an allocation whose
@@ -24,6 +26,11 @@ no nodes is more likely a wrong datastore) collects nothing. Every tabby Node is
 taken to be a Kubernetes node's (one agent per node): a host outside the cluster
 with a tabby Node of its own would be collected.
 
+The same controller copies each Kubernetes Node's labels onto the tabby Node of
+its name (``tabby.kube.nodelabels``): for every node it lists, and on every write
+of a core Node or of a tabby Node (one registered after its Kubernetes Node gets
+the labels at once). A copy that fails is retried with the next relist.
+
 ``RBAC_RULES`` is what the controller needs (ClusterRole rules): verified by
 tests/netns/test_kube_nodecleanup.py running it under exactly these.
 """
@@ -39,6 +46,7 @@ from typing import Any
 
 from tabby.errors import Compacted, NotFound, TabbyError
 from tabby.ipam import IPAM
+from tabby.kube.nodelabels import kube_labels, sync_labels
 from tabby.marks import tunnel_handle
 from tabby.model import BlockAffinity, IPAMBlock, KubeNode, Node, WorkloadEndpoint
 from tabby.store.base import Event, Key, Store
@@ -53,7 +61,9 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 TABBY = "tabby.dev"
 RBAC_RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
-    {"apiGroups": [TABBY], "resources": ["nodes", "workloadendpoints", "blockaffinities"],
+    {"apiGroups": [TABBY], "resources": ["nodes"],  # update: labels (nodelabels)
+     "verbs": ["get", "list", "watch", "update", "delete"]},
+    {"apiGroups": [TABBY], "resources": ["workloadendpoints", "blockaffinities"],
      "verbs": ["get", "list", "delete"]},
     {"apiGroups": [TABBY], "resources": ["ipamblocks"], "verbs": ["get", "list", "update",
                                                                   "delete"]},
@@ -152,7 +162,11 @@ class NodeCleanupController:
         kube = [item.key.name for item in listing]
         if not kube:
             log.warning("no Kubernetes Node listed: garbage collection skipped")
-        done = [self._clean(name, "its Kubernetes Node is gone") for name in orphans(named, kube)]
+        gone = orphans(named, kube)
+        done = [self._clean(name, "its Kubernetes Node is gone") for name in gone]
+        for item in listing:
+            if item.key.name not in gone:
+                sync_labels(self.client, item.key.name, kube_labels(item.value))
         return done, listing.revision
 
     def deleted(self, name: str) -> NodeCleanup | None:
@@ -174,18 +188,36 @@ class NodeCleanupController:
         while not stop.is_set():
             try:
                 _, revision = self.collect()
-                with self.store.watch_many([KubeNode.KIND.resource], revision + 1) as watch:
+                with self.store.watch_many([KubeNode.KIND.resource, Node.KIND.resource],
+                                           revision + 1) as watch:
                     self.synced.set()
                     backoff = 0.5
                     while not stop.is_set():
-                        for name in _deletions(watch.next(1.0)):
-                            self.deleted(name)
+                        self._follow(watch.next(1.0))
             except Compacted:
                 continue
             except TabbyError as exc:
                 log.error("node cleanup controller: %s; retrying in %.1fs", exc, backoff)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
+
+
+    def _follow(self, events: list[Event]) -> None:
+        """Core Nodes deleted: clean; a core or a tabby Node written: copy the labels."""
+        core = [e for e in events if e.key.resource == KubeNode.KIND.resource]
+        for name in _deletions(core):
+            self.deleted(name)
+        latest = {e.key.name: e.value for e in core if e.type != "DELETE" and e.value}
+        for name, value in latest.items():
+            sync_labels(self.client, name, kube_labels(value))
+        registered = {e.key.name for e in events if e.key.resource == Node.KIND.resource
+                      and e.type != "DELETE"} - set(latest)
+        for name in sorted(registered):
+            try:
+                item = self.store.get(Key(KubeNode.KIND.resource, "", name))
+            except NotFound:
+                continue  # not a Kubernetes node (yet): nothing to copy
+            sync_labels(self.client, name, kube_labels(item.value))
 
 
 def _deletions(events: Iterable[Event]) -> list[str]:
