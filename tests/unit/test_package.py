@@ -94,12 +94,12 @@ def test_one_version_and_the_distribution_name() -> None:
 
 
 def test_tabby_version(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["version"]) == 0
+    assert main(["version", "--client"]) == 0
     assert capsys.readouterr().out == f"tabby {tabby.__version__}\n"
-    assert main(["version", "-o", "json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {
-        "version": tabby.__version__, "python": platform.python_version(),
-        "distribution": "tabby-network"}
+    assert main(["version", "--client", "-o", "json"]) == 0
+    client = {"version": tabby.__version__, "python": platform.python_version(),
+              "distribution": "tabby-network"}
+    assert json.loads(capsys.readouterr().out) == {**client, "client": client}
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out == f"tabby {tabby.__version__}\n"

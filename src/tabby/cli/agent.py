@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 DEFAULT_METRICS_ADDR = "127.0.0.1:9099"
 DEFAULT_BGP_DIR = "/run/tabby/bird"
 NODE_ENV = "NODENAME"  # Calico's
+COUNTERS_ENV = "TABBY_POLICY_COUNTERS"  # on | off: per-rule counters (--policy-counters)
 IP_ENV, IP6_ENV = "TABBY_IP", "TABBY_IP6"
 METHOD_ENV, METHOD6_ENV = "TABBY_IP_AUTODETECTION_METHOD", "TABBY_IP6_AUTODETECTION_METHOD"
 
@@ -72,6 +73,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                             " interface=REGEX[,..], skip-interface=REGEX[,..], can-reach=DEST,"
                             f" cidr=CIDR[,..], kubernetes-internal-ip (default: ${env}, else"
                             " first-found)")
+    from tabby.cli.flows import add_agent_flags
+    add_agent_flags(p)
+    p.add_argument("--policy-counters", choices=("on", "off"), default=None,
+                   help=f"count packets and bytes per policy rule in nft and export them in"
+                        f" /metrics (default: ${COUNTERS_ENV}, else on)")
     p.add_argument("--log-level", default="info",
                    choices=("debug", "info", "warning", "error"), help="default: info")
     p.set_defaults(func=cmd_agent)
@@ -80,6 +86,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def cmd_agent(args: argparse.Namespace) -> int:
     from tabby.agent.daemon import Agent, AgentConfig
     from tabby.agent.http import parse_addr
+    from tabby.cli.flows import agent_settings
     from tabby.store import open_store, store_url
 
     node = str(args.node)
@@ -92,7 +99,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
                          metrics_addr=parse_addr(args.metrics_addr), mtu=args.mtu,
                          resync_interval=args.resync_interval, bgp=args.bgp,
                          bgp_dir=args.bgp_dir, addresses=addresses,
-                         policy_setup_timeout=args.policy_setup_timeout)
+                         policy_setup_timeout=args.policy_setup_timeout,
+                         flows=agent_settings(args),
+                         policy_counters=policy_counters(args))
     store = open_store(store_url(args.datastore))
     try:
         if any(p.mode == "autodetect" and p.method.kind == "kubernetes-internal-ip"
@@ -110,6 +119,15 @@ def cmd_agent(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return 0
+
+
+def policy_counters(args: argparse.Namespace) -> bool:
+    """--policy-counters, else $TABBY_POLICY_COUNTERS, else on."""
+    import os
+    mode = args.policy_counters or os.environ.get(COUNTERS_ENV, "") or "on"
+    if mode not in ("on", "off"):
+        raise ConfigError(f"${COUNTERS_ENV}={mode!r}: expected on or off")
+    return mode == "on"
 
 
 def address_plans(args: argparse.Namespace) -> tuple[AddressPlan, AddressPlan]:

@@ -3,7 +3,8 @@
 Each subcommand module exposes ``register(subparsers)`` which adds its parser
 and sets ``func`` (a callable taking the parsed namespace and returning an
 exit code). Errors from the library (``TabbyError``) become one clear line on
-stderr per problem and exit code 1; bad usage exits 2 (argparse).
+stderr per problem and exit code 1; bad usage exits 2 with the usage line of
+the subcommand that failed (``tabby.cli.usage``), as kubectl does.
 """
 
 from __future__ import annotations
@@ -13,14 +14,16 @@ import sys
 from collections.abc import Sequence
 
 import tabby
+from tabby.cli.usage import Parser, UsageError, usage_error
 from tabby.errors import TabbyError, ValidationError
 
-SUBCOMMANDS = ("resources", "ipam", "agent", "controllers", "lab", "node", "policy",
-               "manifests", "installcni", "version")
+SUBCOMMANDS = ("apply", "get", "describe", "delete", "diff", "label", "edit", "ipam", "agent",
+               "controllers", "lab", "node", "policy", "flows", "ui", "manifests", "installcni",
+               "version", "completion")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="tabby", description="tabby: a Calico-style network for Kubernetes, in Python.")
     parser.add_argument("--datastore", metavar="URL",
                         help="sqlite:///PATH, etcd://HOST:PORT[,...], kubernetes:///KUBECONFIG"
@@ -47,6 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code = args.func(args)
+    except UsageError as exc:
+        return usage_error(args, str(exc))
     except ValidationError as exc:
         for line in exc.lines():
             print(f"error: {line}", file=sys.stderr)

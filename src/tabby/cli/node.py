@@ -14,15 +14,15 @@ import argparse
 import json
 from pathlib import Path
 
-from tabby.cli.context import lab_name
+from tabby.cli.context import DEFAULT_BIRD_SOCKET, lab_name
 from tabby.cli.output import table
 from tabby.errors import ConfigError
 
-DEFAULT_SOCKET = Path("/run/tabby/bird/bird.ctl")
+DEFAULT_SOCKET = DEFAULT_BIRD_SOCKET
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("node", help="this node's state: BGP peers")
+    p = sub.add_parser("node", help="this node's state: BGP peers, diagnostics")
     node = p.add_subparsers(dest="node_command", metavar="NODE_COMMAND", required=True)
     st = node.add_parser("status", help="BGP peers of this node (in a lab: of node N),"
                          " as BIRD sees them")
@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     help=f"BIRD's control socket (default: the lab node's, else {DEFAULT_SOCKET})")
     st.add_argument("-o", "--output", choices=("table", "json"), default="table")
     st.set_defaults(func=cmd_status)
+    from tabby.cli import diags
+    diags.register(node)
 
 
 def socket_for(args: argparse.Namespace) -> tuple[str, Path]:

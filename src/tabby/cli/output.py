@@ -6,22 +6,28 @@ and a ``v1 List`` for lists. Tables pick a few columns per kind.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
+from tabby.cli import jsonpath
+from tabby.errors import TabbyError
 from tabby.model import (
     BGPConfiguration,
     BGPPeer,
     BlockAffinity,
+    ClusterNetworkPolicy,
     GlobalNetworkPolicy,
     GlobalNetworkSet,
     HostEndpoint,
     IPAMBlock,
     IPPool,
+    IPReservation,
     K8sNetworkPolicy,
     Namespace,
     NetworkPolicy,
@@ -29,6 +35,7 @@ from tabby.model import (
     Node,
     Pod,
     Resource,
+    Tier,
     WorkloadEndpoint,
 )
 from tabby.model.service import EndpointSlice, Service, family_name
@@ -92,15 +99,21 @@ def _order(order: float | None) -> str:
 
 COLUMNS: dict[type[Resource], list[Column]] = {
     K8sNetworkPolicy: [("POD-SELECTOR", lambda p: p.spec.pod_selector.to_selector())],
-    NetworkPolicy: [("ORDER", lambda p: _order(p.spec.order)),
+    NetworkPolicy: [("TIER", lambda p: p.spec.tier), ("ORDER", lambda p: _order(p.spec.order)),
                     ("SELECTOR", lambda p: p.spec.selector or "all()")],
-    GlobalNetworkPolicy: [("ORDER", lambda p: _order(p.spec.order)),
+    GlobalNetworkPolicy: [("TIER", lambda p: p.spec.tier),
+                          ("ORDER", lambda p: _order(p.spec.order)),
                           ("SELECTOR", lambda p: p.spec.selector or "all()")],
+    ClusterNetworkPolicy: [("TIER", lambda p: p.spec.tier),  # kubectl's columns for it
+                           ("PRIORITY", lambda p: str(p.spec.priority))],
+    Tier: [("ORDER", lambda t: _order(t.spec.order)),
+           ("DEFAULTACTION", lambda t: t.spec.default_action)],
     HostEndpoint: [("NODE", lambda h: h.spec.node),
                    ("INTERFACE", lambda h: h.spec.interface_name or "<none>"),
                    ("IPS", lambda h: _ranges(h.spec.expected_ips))],
     NetworkSet: [("NETS", lambda n: _ranges(n.nets))],
     GlobalNetworkSet: [("NETS", lambda n: _ranges(n.nets))],
+    IPReservation: [("RESERVED", lambda r: _ranges(r.reserved_cidrs))],
     BGPConfiguration: [
         ("ASN", lambda c: str(c.spec.as_number) if c.spec.as_number is not None else "64512"),
         ("MESH", lambda c: "false" if c.spec.node_to_node_mesh is False else "true"),
@@ -163,15 +176,89 @@ COLUMNS: dict[type[Resource], list[Column]] = {
 }
 
 
-def resource_table(objs: Sequence[Resource], cls: type[Resource], all_namespaces: bool) -> str:
-    columns = COLUMNS.get(cls, [])
-    headers = ["NAME", *(c[0] for c in columns), "AGE"]
-    if all_namespaces and cls.KIND.namespaced:
-        headers.insert(0, "NAMESPACE")
+# -o wide: these columns after the plain ones (every kind without its own gets LABELS).
+WIDE: dict[type[Resource], list[Column]] = {
+    Pod: [("IPS", _pod_ips), ("LABELS", _labels)],
+    IPPool: [("DISABLEBGPEXPORT", lambda p: str(p.spec.disable_bgp_export).lower()),
+             ("ALLOWEDUSES", lambda p: ",".join(p.spec.allowed_uses) or "<none>")],
+    WorkloadEndpoint: [("IPS", lambda w: ",".join(str(n) for n in w.spec.ip_networks)),
+                       ("LABELS", _labels)],
+}
+
+
+def columns_for(cls: type[Resource], wide: bool) -> list[Column]:
+    columns = list(COLUMNS.get(cls, []))
+    if wide:
+        columns += WIDE.get(cls, [("LABELS", _labels)])
+    return columns
+
+
+def resource_table(objs: Sequence[Resource], cls: type[Resource], all_namespaces: bool,
+                   wide: bool = False, show_kind: bool = False, headers: bool = True) -> str:
+    """kubectl's table: NAME, the kind's columns (more with ``wide``), AGE; NAMESPACE
+    first across namespaces; ``kind.group/name`` names when several kinds are shown."""
+    from tabby.cli.kinds import display
+    columns = columns_for(cls, wide)
+    head = ["NAME", *(c[0] for c in columns), "AGE"]
+    with_ns = all_namespaces and cls.KIND.namespaced
+    if with_ns:
+        head.insert(0, "NAMESPACE")
     rows = []
     for obj in objs:
-        row = [obj.meta.name, *(fn(obj) for _, fn in columns), age(obj)]
-        if all_namespaces and cls.KIND.namespaced:
+        name = display(cls, obj.meta.name) if show_kind else obj.meta.name
+        row = [name, *(fn(obj) for _, fn in columns), age(obj)]
+        if with_ns:
             row.insert(0, obj.meta.namespace)
         rows.append(row)
-    return table(rows, headers)
+    text = table(rows, head)
+    return text if headers else text.split("\n", 1)[1] if rows else ""
+
+
+# -- -o name | jsonpath=... | custom-columns=... ------------------------------------
+
+FORMATS = ("table", "wide", "yaml", "json", "name", "jsonpath=TEMPLATE",
+           "custom-columns=HEADER:PATH[,...]")
+
+
+@dataclass(frozen=True, slots=True)
+class OutputFormat:
+    kind: str  # table | wide | yaml | json | name | jsonpath | custom-columns
+    template: tuple[jsonpath.Node, ...] = ()
+    columns: tuple[tuple[str, tuple[jsonpath.Step, ...]], ...] = ()
+
+
+def output_format(text: str) -> OutputFormat:
+    """``-o``'s value, checked at parse time (a usage error names the formats)."""
+    kind, sep, arg = text.partition("=")
+    try:
+        if not sep and kind in ("table", "wide", "yaml", "json", "name"):
+            return OutputFormat(kind)
+        if kind == "jsonpath" and arg:
+            return OutputFormat(kind, template=jsonpath.parse_template(arg))
+        if kind == "custom-columns" and arg:
+            return OutputFormat(kind, columns=_columns(arg))
+    except TabbyError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    raise argparse.ArgumentTypeError(
+        f"unknown output format {text!r}; use one of: {', '.join(FORMATS)}")
+
+
+def _columns(spec: str) -> tuple[tuple[str, tuple[jsonpath.Step, ...]], ...]:
+    out = []
+    for part in spec.split(","):
+        header, sep, path = part.partition(":")
+        if not sep or not header or not path:
+            raise TabbyError(f"custom-columns {spec!r}: {part!r} is not HEADER:PATH"
+                             " (e.g. NAME:.metadata.name)")
+        path = path.strip()
+        if path.startswith("{") and path.endswith("}"):
+            path = path[1:-1]
+        out.append((header, jsonpath.parse_path(path, spec)))
+    return tuple(out)
+
+
+def custom_columns(items: Sequence[Any], fmt: OutputFormat, headers: bool = True) -> str:
+    rows = [[",".join(jsonpath.text_of(v) for v in jsonpath.evaluate(path, item)) or "<none>"
+             for _, path in fmt.columns] for item in items]
+    text = table(rows, [h for h, _ in fmt.columns])
+    return text if headers else text.split("\n", 1)[1] if rows else ""

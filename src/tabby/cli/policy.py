@@ -17,7 +17,14 @@ import json
 from tabby.agent.cache import StoreCache
 from tabby.cli.context import open_client
 from tabby.errors import TabbyError
-from tabby.policy.explain import Decision, Explanation, explain, find_pod, protocol_number
+from tabby.policy.explain import (
+    Decision,
+    Explanation,
+    explain,
+    find_pod,
+    host_addresses,
+    protocol_number,
+)
 from tabby.policy.index import Entity
 from tabby.policy.program import build_program
 
@@ -37,6 +44,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     e.add_argument("--source-port", type=int, help="source port (default: unknown)")
     e.add_argument("-o", "--output", choices=("table", "json"), default="table")
     e.set_defaults(func=cmd_explain)
+    from tabby.cli import whatif  # tabby policy whatif (its own module)
+    whatif.register(psub)
 
 
 def _pod_ref(text: str) -> tuple[str, str]:
@@ -70,7 +79,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         target = find_pod(program, *_pod_ref(args.target))
     family = {"ipv4": 4, "ipv6": 6}.get(args.family or "")
     result = explain(program, source, target, protocol, args.port, family=family,
-                     source_port=args.source_port)
+                     source_port=args.source_port, hosts=host_addresses(snapshot.nodes))
     if args.output == "json":
         print(json.dumps(result.to_dict(), indent=2))
     else:
