@@ -26,7 +26,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -38,19 +37,10 @@ from tabby.lab.pods import LabPods
 from tabby.lab.state import LabState, PodRecord, Proc, StateFile, lab_dir, require
 from tabby.model import Pod
 from tests.netns.test_lab_cluster import assert_torn_down, ensure_gone, tabby
+from tests.waiting import wait_for, wait_seconds
 
 NODES = ("node-1", "node-2")
 RESTART_TIMEOUT = 90.0
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.1) -> float:
-    """Poll ``check`` until it returns something truthy; the seconds that took."""
-    began = time.monotonic()
-    while not check():
-        if time.monotonic() - began > timeout:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
-    return time.monotonic() - began
 
 
 @contextlib.contextmanager
@@ -355,7 +345,7 @@ class Churn:
             for name in self.remaining():
                 attempt(self.delete, name)
             return not self.remaining()
-        return wait_for("every churned pod deleted", done, timeout, 0.5)
+        return wait_seconds("every churned pod deleted", done, timeout, 0.5)
 
 
 def attempt(fn: Callable[..., None], *args: str) -> str:

@@ -64,10 +64,10 @@ from tests.faults.chaos import (
     KubeChurn,
     LabChurn,
     RestartFault,
-    wait_for,
 )
 from tests.faults.fuzz import SCALE, Tally
 from tests.netns.test_lab_cluster import tabby
+from tests.waiting import wait_for
 
 ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 FULL = pytest.mark.skipif(SCALE < 200, reason="runs with TABBY_FAULTS_N >= 200 (make faults);"

@@ -246,12 +246,15 @@ class PolicyLab:
         self.apply(namespace_manifest(name, labels))
 
     def reset(self) -> None:
-        """Delete what the test applied, restore labels, wait for full connectivity."""
-        if self.applied:
-            docs = list(self.applied.values())
-            self.applied.clear()
-            self.tabby("delete", "--ignore-not-found", "-f", "-",
-                       stdin=yaml.safe_dump_all(docs))
+        """Delete what the test applied (policies before tiers: a tier that holds
+        policies cannot be deleted), restore labels, wait for full connectivity."""
+        docs = list(self.applied.values())
+        self.applied.clear()
+        for batch in ([d for d in docs if d.get("kind") != "Tier"],
+                      [d for d in docs if d.get("kind") == "Tier"]):
+            if batch:
+                self.tabby("delete", "--ignore-not-found", "-f", "-",
+                           stdin=yaml.safe_dump_all(batch))
         if self.relabelled:
             docs = [self.originals[k] for k in self.relabelled]
             self.relabelled.clear()

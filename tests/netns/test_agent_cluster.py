@@ -334,8 +334,10 @@ def test_del_frees_everything_and_is_idempotent(cluster: Cluster) -> None:
     rc, out = cluster.del_pod(pod)
     assert rc == 0, out
     assert ipam.addresses_of(handle) == ()
-    assert veth not in run("ip", "-n", cluster.node_ns(2), "link").stdout
-    routes = cluster.routes(2)
+    routes = cluster.routes(2)  # the pair is down at once: its routes are gone
+    # the agent's reaper deletes the retired pair in the background
+    wait_for(f"{veth} deleted", lambda: veth not in run("ip", "-n", cluster.node_ns(2),
+                                                         "link").stdout, 5.0)
     assert all(f"{a} dev {veth}" not in routes for a in pod.addresses), routes
     assert veth not in routes
     assert cluster.client.try_get(WorkloadEndpoint, endpoint_name("node-2", "del-a"),

@@ -16,8 +16,7 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ from tabby.lab.builder import tabby_command
 from tabby.model import Node
 from tabby.store import open_store
 from tabby.store.client import Client
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 
@@ -82,14 +82,9 @@ def agent(netns: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
             proc.wait(timeout=15)
 
 
-def wait_for(what: str, check: Callable[[], bool], log: Path) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    tail = log.read_text(errors="replace")[-3000:]
-    raise AssertionError(f"{what}: not within {DEADLINE:g}s; agent log:\n{tail}")
+def agent_log(log: Path) -> str:
+    """The tail of the agent's log, for a failed wait."""
+    return "; agent log:\n" + log.read_text(errors="replace")[-3000:]
 
 
 def addresses(client: Client) -> tuple[str, str] | None:
@@ -105,12 +100,14 @@ def test_the_agent_registers_its_node_and_follows_the_hosts_address(
     with open_store(url) as store:
         client = Client(store)
         wait_for("the Node registered with tndeth0's addresses",
-                 lambda: addresses(client) == (V4, V6), log)
+                 lambda: addresses(client) == (V4, V6), DEADLINE,
+                 detail=lambda: agent_log(log))
         for family, old, new in (("-4", V4, V4_NEW), ("-6", V6, V6_NEW)):
             ip("-n", netns, family, "addr", "add", new, "dev", DEV)
             ip("-n", netns, family, "addr", "del", old, "dev", DEV)
         wait_for("the Node following the new addresses",
-                 lambda: addresses(client) == (V4_NEW, V6_NEW), log)
+                 lambda: addresses(client) == (V4_NEW, V6_NEW), DEADLINE,
+                 detail=lambda: agent_log(log))
     text = log.read_text()
     assert f"registered Node {NODE}: IPv4 {V4}, IPv6 {V6}" in text
     assert f"node addresses: IPv4 {V4_NEW}, IPv6 {V6_NEW}" in text

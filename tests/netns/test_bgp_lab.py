@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -26,10 +26,13 @@ from tabby.lab.pods import LabPods
 from tabby.lab.services import CLUSTER_RANGES, LB_POOLS
 from tabby.lab.state import LabState, load, require
 from tabby.model import IPAMBlock, Node, Pod
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 
 TABBY = [sys.executable, "-m", "tabby.cli.main"]
+
+TIMEOUT = 15.0  # seconds a wait_for in this module may take
 
 
 def tabby(lab: str, *args: str) -> str:
@@ -37,14 +40,6 @@ def tabby(lab: str, *args: str) -> str:
                           timeout=300, check=False)
     assert done.returncode == 0, f"tabby {' '.join(args)}: {done.stdout}\n{done.stderr}"
     return done.stdout
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.1)
 
 
 def pod(name: str, node: str) -> Pod:
@@ -111,7 +106,8 @@ def check_learned(state: LabState, pods: LabPods, families: tuple[int, ...]) -> 
             want = {c for c, owner in owned.items() if owner != node.name
                     and (":" in c) == (version == 6)}
             wait_for(f"{node.name}'s BGP routes (IPv{version})",
-                     lambda n=node, v=version, w=want: w <= set(routes(n.netns, v, "bird")))
+                     lambda n=node, v=version, w=want: w <= set(routes(n.netns, v, "bird")),
+                     TIMEOUT)
             ours = routes(node.netns, version, "77")
             assert [r for r in ours.values() if " via " in r] == []
 
@@ -162,7 +158,7 @@ def test_tor_learns_every_block_and_the_outside_reaches_pods(mesh: tuple[LabStat
     for version in (4, 6):
         want = {c for c in owned if (":" in c) == (version == 6)} | service_ranges(version)
         wait_for(f"the ToR's IPv{version} routes", lambda v=version, w=want:
-                 tor_prefixes(state, v) == w)
+                 tor_prefixes(state, v) == w, TIMEOUT)
     ext = state.topology.ext
     assert ext is not None
     for record in state.pods:
@@ -196,10 +192,10 @@ def test_bird_restart_keeps_forwarding(mesh: tuple[LabState, LabPods]) -> None:
     for out in outputs:
         assert "80 packets received" in out, out
     wait_for("a new BIRD on node-2", lambda: pidfile.exists() and
-             int(pidfile.read_text()) != old)
+             int(pidfile.read_text()) != old, TIMEOUT)
     wait_for("node-2's sessions back", lambda: all(
         p["info"] == "Established" for p in json.loads(tabby(
-            MESH, "node", "status", "--node", "node-2", "-o", "json"))["peers"]))
+            MESH, "node", "status", "--node", "node-2", "-o", "json"))["peers"]), TIMEOUT)
 
 
 def test_deleted_node_routes_are_withdrawn_everywhere(mesh: tuple[LabState, LabPods]) -> None:
@@ -210,9 +206,9 @@ def test_deleted_node_routes_are_withdrawn_everywhere(mesh: tuple[LabState, LabP
     for node in ("node-1", "node-2"):
         netns = state.node(node).netns
         wait_for(f"node-3's blocks gone from {node}", lambda n=netns: not gone & (
-            set(routes(n, 4, "bird")) | set(routes(n, 6, "bird"))))
+            set(routes(n, 4, "bird")) | set(routes(n, 6, "bird"))), TIMEOUT)
     wait_for("node-3's blocks gone from the ToR", lambda: not gone & (
-        tor_prefixes(state, 4) | tor_prefixes(state, 6)))
+        tor_prefixes(state, 4) | tor_prefixes(state, 6)), TIMEOUT)
     status = json.loads(tabby(MESH, "node", "status", "--node", "node-3", "-o", "json"))
     assert status["peers"] == []
 
@@ -231,7 +227,7 @@ def test_route_reflectors_across_racks() -> None:
                 "route reflector client"} == {"198.18.0.12", "198.18.1.14"}
         check_learned(state, pods, (4,))
         wait_for("the ToR's routes", lambda s=state, p=pods: tor_prefixes(s, 4) == set(
-            blocks(p)) | service_ranges(4))
+            blocks(p)) | service_ranges(4), TIMEOUT)
         probes = json.loads(tabby("tg2", "lab", "probe", "-o", "json"))["probes"]
         assert len(probes) == 12 and [p for p in probes if not p["connected"]] == []
 

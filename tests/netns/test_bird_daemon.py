@@ -13,7 +13,7 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from tabby.bgp.status import node_status
 from tabby.lab import system
 from tabby.model import IPAMBlock, Node, Resource, block_name, parse_manifest
 from tabby.snapshot import Snapshot
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("bird") is None,
                                 reason="needs root and BIRD (bird2)")
@@ -33,13 +34,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("bird") is Non
 A, B = "tgd-a", "tgd-b"
 ADDRESSES = {A: ("198.18.0.11/24", "fd7a:bb1e::11/64"), B: ("198.18.0.12/24", "fd7a:bb1e::12/64")}
 
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.05)
+TIMEOUT = 15.0  # seconds a wait_for in this module may take
 
 
 def manifest(kind: str, name: str, spec: dict[str, Any]) -> Resource:
@@ -117,9 +112,9 @@ def test_apply_starts_reloads_and_refuses_a_bad_config(pair: tuple[Bird, Bird]) 
     assert a.apply(render_bird_conf(s, "node-a")) == []
     assert b.apply(render_bird_conf(s, "node-b")) == []
     assert a.running() and b.running() and a.pid != b.pid
-    wait_for("both sessions", lambda: established(b) == 2)
+    wait_for("both sessions", lambda: established(b) == 2, TIMEOUT)
     wait_for("node-a's blocks on node-b", lambda: kernel_routes(B) == {"198.19.0.0/26"}
-             and kernel_routes(B, 6) == {"fd7a:bb1e:1::/122"})
+             and kernel_routes(B, 6) == {"fd7a:bb1e:1::/122"}, TIMEOUT)
 
     good = a.conf.read_text()
     problems = a.apply(good.replace("router id", "router identity"))
@@ -131,7 +126,7 @@ def test_apply_starts_reloads_and_refuses_a_bad_config(pair: tuple[Bird, Bird]) 
     assert a.apply(render_bird_conf(more, "node-a")) == []
     assert a.pid == pid  # reloaded, not restarted
     wait_for("the new block on node-b", lambda: kernel_routes(B) == {"198.19.0.0/26",
-                                                                    "198.19.0.64/26"})
+                                                                    "198.19.0.64/26"}, TIMEOUT)
     assert any(r.text.startswith("BIRD") for r in ask(a.socket, "show status"))
 
 
@@ -142,7 +137,7 @@ def test_a_dead_bird_is_restarted_and_routes_stay(pair: tuple[Bird, Bird]) -> No
     assert b.apply(render_bird_conf(s, "node-b")) == []
     a.supervise()
     wait_for("routes both ways", lambda: kernel_routes(A) == {"198.19.0.64/26"}
-             and kernel_routes(B) == {"198.19.0.0/26"})
+             and kernel_routes(B) == {"198.19.0.0/26"}, TIMEOUT)
     old = a.pid
     assert old is not None
     os.kill(old, signal.SIGKILL)
@@ -153,7 +148,7 @@ def test_a_dead_bird_is_restarted_and_routes_stay(pair: tuple[Bird, Bird]) -> No
         assert kernel_routes(B) == {"198.19.0.0/26"}
         time.sleep(0.02)
     assert a.pid not in (None, old) and a.starts == 2
-    wait_for("sessions back", lambda: established(a) == 2)
+    wait_for("sessions back", lambda: established(a) == 2, TIMEOUT)
     assert kernel_routes(B) == {"198.19.0.0/26"}
 
     a.close()  # an agent going away: BIRD stays, and the next one adopts it
@@ -164,7 +159,7 @@ def test_a_dead_bird_is_restarted_and_routes_stay(pair: tuple[Bird, Bird]) -> No
         pid = adopted.pid
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
-        wait_for("the adopted BIRD restarted", lambda: adopted.pid not in (None, pid))
+        wait_for("the adopted BIRD restarted", lambda: adopted.pid not in (None, pid), TIMEOUT)
     finally:
         adopted.close()
         adopted.stop()
@@ -180,14 +175,14 @@ def test_tcp_md5_passwords(pair: tuple[Bird, Bird]) -> None:
     assert 'password "m3sh-pw"' in render_bird_conf(s, "node-a")
     assert a.apply(render_bird_conf(s, "node-a")) == []
     assert b.apply(render_bird_conf(s, "node-b")) == []
-    wait_for("sessions with TCP-MD5", lambda: established(b) == 2)
+    wait_for("sessions with TCP-MD5", lambda: established(b) == 2, TIMEOUT)
     # Established comes before the UPDATE and BIRD's kernel sync: wait for the route.
-    wait_for("node-a's block on node-b", lambda: kernel_routes(B) == {"198.19.0.0/26"})
+    wait_for("node-a's block on node-b", lambda: kernel_routes(B) == {"198.19.0.0/26"}, TIMEOUT)
 
     wrong = parse_manifest({"apiVersion": "v1", "kind": "Secret", "metadata": {
         "name": "bgp", "namespace": "tabby-system"}, "stringData": {"mesh": "other"}})
     assert b.apply(render_bird_conf(snapshot({"node-b": []}, wrong, conf), "node-b")) == []
-    wait_for("the sessions to drop", lambda: established(b) == 0)
+    wait_for("the sessions to drop", lambda: established(b) == 0, TIMEOUT)
     deadline = time.monotonic() + 3.0  # BIRD retries every few seconds: stays refused
     while time.monotonic() < deadline:
         assert established(b) == 0

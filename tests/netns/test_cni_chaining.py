@@ -23,8 +23,7 @@ import socket
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from tabby.model import IPPool, Namespace, Node, Pod
 from tabby.store import open_store
 from tabby.store.client import Client
 from tabby.testing.cni import run_plugin, short_tempdir
+from tests.waiting import wait_for
 
 REFERENCE = Path("/usr/lib/cni")
 pytestmark = pytest.mark.skipif(
@@ -58,23 +58,14 @@ CAPABILITIES = {
     "bandwidth": {"ingressRate": 100_000_000, "ingressBurst": 1_000_000,
                   "egressRate": 100_000_000, "egressBurst": 1_000_000}}
 
+TIMEOUT = 20.0  # seconds a wait_for in this module may take
+
 
 def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(list(args), capture_output=True, text=True, timeout=30, check=False)
     if check and done.returncode != 0:
         raise AssertionError(f"{' '.join(args)}: rc={done.returncode} {done.stderr.strip()}")
     return done
-
-
-def wait_for(what: str, predicate: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 @dataclass
@@ -282,9 +273,9 @@ def test_chain_add_check_del(node: ChainNode) -> None:
     listener = Listener(pod_ns)
     try:
         assert fetch(node.ns, str(pod_v4), POD_PORT) == b"pong"
-        assert wait_for("hostPort over IPv4", lambda: fetch(node.ns, NODE_V4, HOST_PORT)) \
+        assert wait_for("hostPort over IPv4", lambda: fetch(node.ns, NODE_V4, HOST_PORT), TIMEOUT) \
             == b"pong"
-        assert wait_for("hostPort over IPv6", lambda: fetch(node.ns, NODE_V6, HOST_PORT)) \
+        assert wait_for("hostPort over IPv6", lambda: fetch(node.ns, NODE_V6, HOST_PORT), TIMEOUT) \
             == b"pong"
         for address in (NODE_V4, NODE_V6):  # from outside the node: PREROUTING's DNAT
             assert fetch(node.tor, address, HOST_PORT) == b"pong", address

@@ -242,7 +242,8 @@ def test_ctr_run_cni_wires_a_container_through_tabby(env: Env) -> None:
     # ctr's CNI DEL (empty CNI_NETNS, cached prevResult) tore everything down.
     assert endpoint_of(env, cid) is None
     assert env.ipam.addresses_of(handle) == () and addr.ip not in allocated_ips(env)
-    assert host_veth not in system.link_names(env.node.netns)
+    wait_for(f"{host_veth} deleted (in the background)",  # DEL retires, the agent deletes
+             lambda: host_veth not in system.link_names(env.node.netns), 5.0)
     assert run.cached_results() == []
     assert "web" not in env.containerd.containers() and env.containerd.tasks() == {}
     assert http_get(env.client_netns, str(addr.ip), HTTP_PORT, timeout=0.5) is None

@@ -16,6 +16,7 @@ import errno
 import ipaddress
 import json
 import os
+import re
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -98,7 +99,13 @@ def reconcile(desired: frozenset[Route], rec: dict[str, RouteReconciler]
 def summary(sync: RouteSync) -> tuple[object, ...]:
     return (sorted(map(str, sync.replaced)), sorted(str(r.dst) for r in sync.deleted),
             sync.unchanged, sorted(map(str, sync.conflicts)), sorted(map(str, sync.unresolved)),
-            sorted(sync.errors), sync.swept)
+            sorted(map(plain, sync.errors)), sync.swept)
+
+
+def plain(message: str) -> str:
+    """A NetlinkError's text without the kernel's own explanation (its extended ack,
+    "(Nexthop has invalid gateway)"), which the fake, knowing errnos only, does not give."""
+    return re.sub(r" \([^()]*\)$", "", message)
 
 
 def steps() -> list[Step]:
@@ -199,7 +206,7 @@ def outcome(k: Kernel, path: str, step: Callable[[Kernel, str], object]) -> obje
     try:
         return step(k, path)
     except NetlinkError as exc:
-        return f"NetlinkError {errno.errorcode.get(exc.code, exc.code)}: {exc}"
+        return f"NetlinkError {errno.errorcode.get(exc.code, exc.code)}: {plain(str(exc))}"
 
 
 def table(k: Kernel) -> list[tuple[object, ...]]:

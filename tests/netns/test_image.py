@@ -240,8 +240,9 @@ def test_the_agent_from_the_image_wires_pods_that_talk(env: Env) -> None:
         # CNI DEL through the image's agent: the veth, the routes and the endpoint go.
         host_veths = {w.spec.interface_name for w in endpoints if w.spec.pod == "b"}
         pods.delete_pod("default", "b")
-        links = system.link_names(env.node.netns)
-        assert host_veths and not host_veths & links
+        assert host_veths
+        wait_for("b's veth deleted (in the background)",  # DEL retires, the agent deletes
+                 lambda: not host_veths & system.link_names(env.node.netns), 10.0, env.log)
         for addr in b.ips:
             assert node_route(env, addr) == ""
         assert [w.spec.pod for w in pods.client.list(WorkloadEndpoint, "default")] == ["a"]

@@ -192,7 +192,9 @@ def test_ctr_run_cni_through_the_installed_plugin(host: Host) -> None:
         cd.ctr("task", "kill", "--signal", "SIGKILL", "web")
         assert run.wait(20) == 137
         assert IPAM(client).addresses_of(handle) == ()  # ctr's DEL, through the copy
-        assert run.cached_results() == [] and veth not in system.link_names(host.netns)
+        assert run.cached_results() == []
+        wait_for(f"{veth} deleted (in the background)",  # DEL retires, the agent deletes
+                 lambda: veth not in system.link_names(host.netns), 5.0)
     finally:
         cd.stop()
         client.store.close()

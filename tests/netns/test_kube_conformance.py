@@ -1,16 +1,16 @@
 """NetworkPolicy conformance on a Kubernetes-mode lab, in the shape of upstream's netpol.
 
-One lab (``kc2``: 3 nodes, dual stack, datastore a real API server) for the
-module. Every object goes in through kubectl: namespaces x, y, z, bare pods
-a, b, c in each (``spec.nodeName`` spreading every namespace over the three
-nodes, TCP and UDP on 80 and 81 with named ports ``serve-80-tcp`` ...), one
-dual-stack ClusterIP Service per pod (``s-<pod>``, selecting ``pod: <pod>`` in
-its namespace, the four ports), and the NetworkPolicies of each scenario.
-After each change the full 9x9 matrix is probed twice until it matches the
-expected ``Reachability``: at the pods' addresses (``tabby lab probe``, as the
-SQLite suite does) and at their Services' ClusterIPs, as upstream probes (so
-policy must hold for traffic the Service translated: ingress sees the client
-pod's address, egress ipBlocks match the translated destination).
+One lab (3 nodes, dual stack, datastore a real API server), shared with test_cnp_lab's
+kubectl test (``kube_policy_lab``, tests/netns/conftest.py). Every object goes in
+through kubectl: namespaces x, y, z, bare pods a, b, c in each (``spec.nodeName``
+spreading every namespace over the three nodes, TCP and UDP on 80 and 81 with named
+ports ``serve-80-tcp`` ...), one dual-stack ClusterIP Service per pod (``s-<pod>``,
+selecting ``pod: <pod>`` in its namespace, the four ports), and the NetworkPolicies of
+each scenario. After each change the full 9x9 matrix is probed twice until it matches
+the expected ``Reachability``: at the pods' addresses (``tabby lab probe``, as the
+SQLite suite does) and at their Services' ClusterIPs, as upstream probes (so policy must
+hold for traffic the Service translated: ingress sees the client pod's address, egress
+ipBlocks match the translated destination).
 
 The scenarios are the SQLite suite's own (tests/netns/test_policy_conformance.py),
 called with this lab, which writes with kubectl: one per feature, to keep the
@@ -34,7 +34,7 @@ module near two minutes.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,7 +43,7 @@ import pytest
 
 from tabby.lab.state import require
 from tests.netns import test_policy_conformance as sqlite_suite
-from tests.netns.kube_lab import KUBE_MISSING, Kubectl, kube_lab, probe_addresses
+from tests.netns.kube_lab import KUBE_MISSING, Kubectl, probe_addresses
 from tests.netns.policy_matrix import (
     NAMESPACES,
     PORTS,
@@ -57,14 +57,13 @@ from tests.netns.policy_matrix import (
     cluster_manifests,
     documents,
 )
-from tests.netns.test_services import wait_for
+from tests.waiting import wait_for
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
     pytest.mark.skipif(bool(KUBE_MISSING), reason=KUBE_MISSING),
 ]
 
-LAB = "kc2"
 VERSIONS = {"ipv4": 4, "ipv6": 6}
 VIAS = ("pod", "service")
 
@@ -191,22 +190,11 @@ def _yaml(docs: list[dict[str, Any]]) -> str:
     return yaml.safe_dump_all(docs, sort_keys=False)
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[KubePolicyLab]:
-    with kube_lab(LAB, "--nodes", "3", "--stack", "dual") as (_, kubectl):
-        net = KubePolicyLab(LAB, kubectl=kubectl)
-        net.setup()
-        net.check(Reachability(net.pods))
-        net.check(Reachability(net.pods), family="ipv6", ports=(80,), protocols=("tcp",))
-        yield net
-
-
 @pytest.fixture
-def lab(cluster: KubePolicyLab) -> Iterator[KubePolicyLab]:
-    try:
-        yield cluster
-    finally:
-        cluster.reset()
+def lab(kube_policy_lab: KubePolicyLab) -> KubePolicyLab:
+    """The session's shared Kubernetes-mode policy lab (tests/netns/conftest.py), reset
+    after each test."""
+    return kube_policy_lab
 
 
 SCENARIOS: list[Callable[[PolicyLab], None]] = [

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import ssl
 import subprocess
@@ -28,7 +29,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ from tabby.lab.state import LabState, Proc, StateFile, lab_dir, load, require
 from tabby.model import WorkloadEndpoint
 from tabby.store import open_store
 from tabby.store.client import Client
+from tests.waiting import wait_for, wait_seconds
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 
@@ -120,16 +122,6 @@ def kubectl(*args: str, check: bool = True, stdin: str | None = None
                 *args], check=check, stdin=stdin, timeout=30)
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.2) -> float:
-    """Poll ``check`` until it returns something truthy; the seconds that took."""
-    began = time.monotonic()
-    while not check():
-        if time.monotonic() - began > timeout:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
-    return time.monotonic() - began
-
-
 def api_pods() -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = json.loads(
         kubectl("get", "pods", "-n", NS, "-o", "json").stdout)["items"]
@@ -143,6 +135,13 @@ def probes() -> list[dict[str, Any]]:
 
 def client() -> Client:
     return Client(open_store(require(LAB).datastore))
+
+
+def agent_tails(lines: int = 15) -> str:
+    """Every node's agent log tail, for a failure message (the lab dir goes with the lab)."""
+    state = load(LAB)
+    return "".join(f"\n--- {n.name} agent.log:\n{system.tail(n.agent_log, lines)}"
+                   for n in (state.nodes if state is not None else ()))
 
 
 # -- the API server, by PID -----------------------------------------------------------
@@ -272,6 +271,7 @@ class Outage:
     retried_delete: CNIAnswer | None = None
     restart_seconds: float = 0.0
     reconnect_seconds: float = 0.0
+    reconnect_failure: str = ""
     handles_after: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     wep_pods_after: set[str] = dataclasses.field(default_factory=set)
 
@@ -291,7 +291,9 @@ def outage(lab: LabState) -> Iterator[Outage]:
         o = Outage(before=settled())
         o.direct_veth = veth
         o.direct_ip = added.out["ips"][0]["address"].split("/")[0]
-        assert all(all(p["connected"] for p in probes()) for _ in range(2))
+        for _ in range(2):
+            failed = [f"{p['from']} -> {p['to']}" for p in probes() if not p["connected"]]
+            assert not failed, f"before the outage: {failed}{agent_tails()}"
         logs = {n.name: n.agent_log.stat().st_size for n in lab.nodes}
         answers: dict[str, CNIAnswer] = {}
 
@@ -324,10 +326,12 @@ def outage(lab: LabState) -> Iterator[Outage]:
             o.restart_seconds = api.start()
         kubectl("apply", "-f", "-", stdin=pod_manifest("after", "node-2"))
         try:  # recorded, not raised: the tests say what failed
-            o.reconnect_seconds = wait_for("pod 'after' in every node's nft table",
-                                           lambda: everywhere("after"), 60.0)
-        except AssertionError:
+            o.reconnect_seconds = wait_seconds("pod 'after' in every node's nft table",
+                                               lambda: everywhere("after"), 60.0,
+                                               detail=agent_tails)
+        except AssertionError as exc:
             o.reconnect_seconds = -1.0
+            o.reconnect_failure = str(exc)
         o.retried_delete = cni("node-1", "DEL", cid_direct, f"/run/netns/{direct}", "kf-direct")
         cni("node-1", "DEL", cid_new, f"/run/netns/{new}", "kf-new")
         ipam = IPAM(client())
@@ -394,7 +398,12 @@ def test_routes_and_nft_table_are_left_as_they_were(outage: Outage) -> None:
         # the DEL (node-1) took its own pod's veth and host route; nothing else moved
         expected = [r for r in before_routes if outage.direct_veth not in r]
         assert after_routes == expected, node
-        assert after_nft == before_nft, node
+        # per-rule counters count the outage's probes; the rules and sets must not move
+        assert _uncounted(after_nft) == _uncounted(before_nft), node
+
+
+def _uncounted(table: str) -> str:
+    return re.sub(r"packets \d+ bytes \d+", "packets - bytes -", table)
 
 
 def test_agents_stay_up_and_retry_with_backoff(outage: Outage) -> None:
@@ -430,7 +439,7 @@ def test_del_unwires_at_once_and_a_retry_releases(outage: Outage) -> None:
 
 def test_agents_reconnect_by_themselves(outage: Outage) -> None:
     # the fixture created pod 'after' once the API server was back: both agents saw it
-    assert outage.reconnect_seconds >= 0, "pod 'after' not in every node's nft table in 60 s"
+    assert outage.reconnect_seconds >= 0, outage.reconnect_failure
 
 
 # -- churn across a restart --------------------------------------------------------------
@@ -532,12 +541,17 @@ def test_churn_across_a_restart(lab: LabState, outage: Outage) -> None:
 
     def agreed() -> bool:
         nonlocal last
-        last = disagreements()
+        # `kubectl scale` returns before kube-controller-manager acts on it (seconds, just
+        # after the API server's restart): with the churn's last scale at 5 or 6 Running
+        # web pods, everything else agreed before the surplus went (5 web pods seen)
+        web = sum(1 for p in api_pods() if p["metadata"]["name"].startswith("web-"))
+        last = [f"{web} web pods in the API, the Deployment wants 4"] if web != 4 else []
+        last = last or disagreements()
         return not last
     try:
         wait_for("the API, the lab, the endpoints and IPAM to agree", agreed, 120.0, 0.5)
     except AssertionError as exc:
-        raise AssertionError(f"{exc}:\n" + "\n".join(last)) from None
+        raise AssertionError(f"{exc}:\n" + "\n".join(last) + agent_tails()) from None
     print(f"\nchurn: {churn.ok} kubectl calls went through, {churn.failed} failed; converged"
           f" {time.monotonic() - restarted:.1f}s after the API server's restart;"
           f" failures: {churn.errors}")

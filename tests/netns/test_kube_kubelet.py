@@ -20,8 +20,7 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from tabby.lab.topology import plan
 from tabby.model import IPPool, WorkloadEndpoint
 from tabby.store import open_store
 from tabby.store.client import Client
+from tests.waiting import wait_for, wait_seconds
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 
@@ -72,16 +72,6 @@ spec:
   selector: {{app: web}}
   ports: [{{port: 80, targetPort: 8080}}]
 """
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = READY_TIMEOUT) -> float:
-    """Poll ``check`` until true; the seconds it took. AssertionError after ``timeout``."""
-    began = time.monotonic()
-    while not check():
-        if time.monotonic() - began > timeout:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.1)
-    return time.monotonic() - began
 
 
 class Cluster:
@@ -167,8 +157,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 @pytest.fixture(scope="module")
 def web(cluster: Cluster) -> Cluster:
     cluster.kubectl("apply", "-f", "-", stdin=MANIFESTS)
-    took = wait_for("the Deployment to be Available with 4 ready replicas",
-                    lambda: cluster.available(4))
+    took = wait_seconds("the Deployment to be Available with 4 ready replicas",
+                        lambda: cluster.available(4), READY_TIMEOUT)
     print(f"\nkubectl apply -> Deployment Available (4 replicas): {took:.1f}s")
     for pod in cluster.pods():
         created = _time(pod["metadata"]["creationTimestamp"])
@@ -301,14 +291,14 @@ def test_force_deleted_pod_is_torn_down(web: Cluster) -> None:
     wait_for("the force-deleted pod's namespace and record to go", lambda: (
         victim.netns not in system.netns_list() and victim.name not in web.records()), 30.0)
     assert victim.listener is not None and not system.alive(victim.listener)
-    wait_for("the replacement to be ready", lambda: web.available(5))
+    wait_for("the replacement to be ready", lambda: web.available(5), READY_TIMEOUT)
 
 
 def test_scale_down_tears_the_pods_down(web: Cluster) -> None:
     old = web.records()
     web.kubectl("scale", "deployment", "web", "-n", NS, "--replicas", "1")
-    took = wait_for("the Deployment to shrink to 1", lambda: web.available(1))
-    wait_for("4 pods' namespaces and records to go", lambda: len(web.records()) == 1)
+    took = wait_seconds("the Deployment to shrink to 1", lambda: web.available(1), READY_TIMEOUT)
+    wait_for("4 pods' namespaces and records to go", lambda: len(web.records()) == 1, READY_TIMEOUT)
     print(f"\nscale 5 -> 1 done in {took:.1f}s")
     (kept,) = web.records().values()
     assert [p["metadata"]["name"] for p in web.pods()] == [kept.name]
@@ -333,7 +323,8 @@ def test_stand_ins_ride_out_an_api_server_restart(web: Cluster) -> None:
     web.cp.stop_apiserver()  # SIGKILL: the watches break mid-stream
     web.cp.start_apiserver()
     web.kubectl("scale", "deployment", "web", "-n", NS, "--replicas", "3")
-    took = wait_for("new pods after the API server came back", lambda: web.available(3))
+    took = wait_seconds("new pods after the API server came back", lambda: web.available(3),
+                        READY_TIMEOUT)
     print(f"\nAPI server restarted; scale 1 -> 3 Available {took:.1f}s later")
     assert all(system.alive(p) for p in web.procs.values())
     assert {r.name for r in web.records().values()} == {p["metadata"]["name"]

@@ -29,7 +29,8 @@ from tabby.lab.services import CLUSTER_RANGES, LB_POOLS
 from tabby.lab.state import LabState, PodRecord, require
 from tests.netns.kube_lab import KUBE_MISSING, Kubectl, kube_lab, tabby
 from tests.netns.test_bgp_lab import tor_prefixes
-from tests.netns.test_services import hits, settle, wait_for
+from tests.netns.test_services import hits, settle
+from tests.waiting import wait_for
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),

@@ -22,8 +22,7 @@ import logging
 import shutil
 import subprocess
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from tabby.model import BlockAffinity, IPAMBlock, IPPool, Node, WorkloadEndpoint
 from tabby.store import open_store
 from tabby.store.client import Client
 from tests.kube import apply_yaml, kubectl, running_control_plane
+from tests.waiting import wait_for
 
 try:
     binaries.bin_dir()
@@ -111,15 +111,6 @@ def pod_on(client: Client, node: str, pod: str, *, block_of: str | None = None) 
     return str(address)
 
 
-def wait_for(what: str, check: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not within {DEADLINE:g}s")
-
-
 def tabby_side(client: Client, node: str) -> dict[str, Any]:
     return {"node": client.try_get(Node, node) is not None,
             "endpoints": sorted(w.meta.name for w in client.list(WorkloadEndpoint)
@@ -164,7 +155,7 @@ def test_deleting_a_kubernetes_node_cleans_its_tabby_side(
             assert controller.synced.wait(DEADLINE), "the controller never watched"
             kubectl(cp, "delete", "node", "tnd-a")
             wait_for("tnd-a's tabby side gone", lambda: tabby_side(admin, "tnd-a") == {
-                "node": False, "endpoints": [], "affinities": []})
+                "node": False, "endpoints": [], "affinities": []}, DEADLINE)
         finally:
             stop.set()
             thread.join(timeout=30)
@@ -198,7 +189,7 @@ def test_tabby_controllers_collects_what_nodes_deleted_meanwhile_left(
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_for("tnd-gone collected", lambda: tabby_side(admin, "tnd-gone") == {
-            "node": False, "endpoints": [], "affinities": []})
+            "node": False, "endpoints": [], "affinities": []}, DEADLINE)
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -20,8 +20,7 @@ import json
 import os
 import re
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from tabby.kube.binaries import program
 from tabby.lab.state import LabState, require
 from tabby.store.kubernetes import KubernetesStore
 from tests.netns.kube_lab import KUBE_MISSING, Kubectl, kube_lab
+from tests.waiting import wait_for
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
@@ -52,14 +52,6 @@ _ROW = re.compile(r"^(\S*)\s+\[(.*?)\]\s+\[(.*?)\]\s+\[(.*?)\]\s*$")
 def lab() -> Iterator[tuple[LabState, Kubectl]]:
     with kube_lab(LAB, "--nodes", "1") as lab:
         yield lab
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.2)
 
 
 def can_i_list(kubectl: Kubectl, user: str, namespace: str) -> dict[str, set[str]]:

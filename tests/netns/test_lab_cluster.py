@@ -11,8 +11,7 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +25,14 @@ from tabby.lab.pods import LabPods
 from tabby.lab.state import LabState, load, require
 from tabby.lab.topology import plan
 from tabby.model import Namespace, Pod, WorkloadEndpoint
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 
 LAB = "tl1"
 TABBY = [sys.executable, "-m", "tabby.cli.main"]
+
+TIMEOUT = 15.0  # seconds a wait_for in this module may take
 
 
 def tabby(*args: str, check: bool = True, lab: str = LAB) -> subprocess.CompletedProcess[str]:
@@ -58,14 +60,6 @@ def assert_torn_down(state: LabState) -> None:
     assert [p for p in state.all_procs() if system.alive(p)] == []
     assert not state.dir.exists()
     assert load(state.name) is None
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.1)
 
 
 def pod(name: str, ns: str = "default", node: str = "", labels: dict[str, str] | None = None,
@@ -208,7 +202,8 @@ def test_relabel_is_an_update_in_place(pods: LabPods) -> None:
     def endpoint_labels() -> dict[str, str]:
         weps = [w for w in pods.client.list(WorkloadEndpoint, "default") if w.spec.pod == "b"]
         return dict(weps[0].meta.labels) if weps else {}
-    wait_for("the endpoint to carry role=db", lambda: endpoint_labels().get("role") == "db")
+    wait_for("the endpoint to carry role=db", lambda: endpoint_labels().get("role") == "db",
+             TIMEOUT)
 
     assert pods.apply_namespace(namespace("team", {"tier": "front"})) == "configured"
     assert pods.client.get(Namespace, "team").meta.labels["tier"] == "front"

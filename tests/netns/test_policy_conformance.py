@@ -1,8 +1,9 @@
 """Kubernetes NetworkPolicy conformance, in the shape of upstream's e2e "netpol" suite.
 
-One lab (3 nodes, dual stack) for the module: namespaces x, y, z, pods a, b,
-c in each, every pod serving TCP and UDP on 80 and 81 (named ports
-``serve-80-tcp`` ...). Each test applies ``networking.k8s.io/v1``
+One lab (3 nodes, dual stack), the policy lab the netns session shares with
+test_policy_extended, test_policy_tiers and test_cnp_lab (tests/netns/conftest.py):
+namespaces x, y, z, pods a, b, c in each, every pod serving TCP and UDP on 80 and 81
+(named ports ``serve-80-tcp`` ...). Each test applies ``networking.k8s.io/v1``
 NetworkPolicies with ``tabby apply``, writes down what Kubernetes' semantics
 say must happen as a ``Reachability`` (all pairs, then the blocked ones
 marked), and probes the 9x9 matrix with ``tabby lab probe -o json`` until it
@@ -14,19 +15,15 @@ labels restored after each test. Test names follow upstream's
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import yaml
 
-from tabby.lab import builder, system
-from tabby.lab.state import load
 from tests.netns.policy_matrix import PolicyLab, Reachability, cover, host
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 
-LAB = "tpc"
 TCP80: dict[str, Any] = {"ports": (80,), "protocols": ("tcp",)}
 TCP: dict[str, Any] = {"protocols": ("tcp",)}
 
@@ -36,35 +33,10 @@ def netpol(name: str, namespace: str, spec: str) -> dict[str, Any]:
             "metadata": {"name": name, "namespace": namespace}, "spec": yaml.safe_load(spec)}
 
 
-def leftovers() -> list[str]:
-    return sorted(ns for ns in system.netns_list() if ns.startswith((f"{LAB}-", f"{LAB}_")))
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[PolicyLab]:
-    if load(LAB) is not None:
-        builder.down(LAB)
-    net = PolicyLab(LAB)
-    try:
-        net.tabby("lab", "up", "--name", LAB, "--nodes", "3", "--stack", "dual")
-        net.setup()
-        net.check(Reachability(net.pods))
-        net.check(Reachability(net.pods), family="ipv6", **TCP80)
-        yield net
-    finally:
-        state = load(LAB)
-        if state is not None:
-            net.tabby("lab", "down", "--name", LAB)
-            assert [p for p in state.all_procs() if system.alive(p)] == []
-        assert leftovers() == []
-
-
 @pytest.fixture
-def lab(cluster: PolicyLab) -> Iterator[PolicyLab]:
-    try:
-        yield cluster
-    finally:
-        cluster.reset()
+def lab(policy_lab: PolicyLab) -> PolicyLab:
+    """The session's shared policy lab (tests/netns/conftest.py), reset after each test."""
+    return policy_lab
 
 
 def everyone(lab: PolicyLab) -> Reachability:

@@ -16,13 +16,14 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tabby.lab import builder, system
 from tabby.lab.state import LabState, load, require
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 
@@ -103,14 +104,6 @@ def tabby(*args: str, stdin: str | None = None, check: bool = True
     return done
 
 
-def wait_for(what: str, check: Callable[[], bool], timeout: float = CONVERGE) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.2)
-
-
 def connected(src: str, dst: str, port: int, family: str = "ipv4") -> bool:
     out = tabby("lab", "probe", "-o", "json", "--from", src, "--to", dst, "--port", str(port),
                 "--protocol", "tcp", "--family", family, "--timeout", "0.5").stdout
@@ -123,7 +116,7 @@ def expect(cases: dict[tuple[str, str, int], bool], family: str = "ipv4") -> Non
     def ok() -> bool:
         return all(connected(s, d, p, family) == want for (s, d, p), want in cases.items())
     try:
-        wait_for(f"reachability {cases}", ok)
+        wait_for(f"reachability {cases}", ok, CONVERGE)
     except AssertionError:
         got = {k: connected(*k, family) for k in cases}
         raise AssertionError(f"expected {cases}, got {got}") from None
@@ -272,13 +265,14 @@ def test_host_endpoint_denies_all_but_failsafe_ports(clean: LabState) -> None:
     try:
         assert listener.stdout is not None and listener.stdout.readline().strip() == "ready"
         wait_for("both host ports open", lambda: _host_reachable(clean, 22)
-                 and _host_reachable(clean, 8080))
+                 and _host_reachable(clean, 8080), CONVERGE)
         tabby("apply", "-f", "-", stdin=HOST_ENDPOINT)
-        wait_for("port 8080 closed by the host endpoint", lambda: not _host_reachable(clean, 8080))
+        wait_for("port 8080 closed by the host endpoint",
+                 lambda: not _host_reachable(clean, 8080), CONVERGE)
         assert _host_reachable(clean, 22)  # failsafe
         expect({("team/c", "default/a", 80): True})  # forwarded traffic is not host traffic
         tabby("delete", "hostendpoint", "node-1-eth0")
-        wait_for("port 8080 open again", lambda: _host_reachable(clean, 8080))
+        wait_for("port 8080 open again", lambda: _host_reachable(clean, 8080), CONVERGE)
     finally:
         listener.kill()
         listener.communicate()

@@ -1,7 +1,7 @@
 """tabby's own policies (Calico v3 shaped) on a real lab, and explain beside the dataplane.
 
-The same lab shape as test_policy_conformance (x, y, z with pods a, b, c,
-serving TCP and UDP on 80 and 81), lab ``tpe``. Covered here: policy
+The lab of test_policy_conformance, shared with it (x, y, z with pods a, b, c,
+serving TCP and UDP on 80 and 81; tests/netns/conftest.py). Covered here: policy
 ``order`` (lower first), Deny before Allow within a policy, Pass (over the
 Kubernetes policies, on to the profile), GlobalNetworkPolicy across
 namespaces, NetworkSet and GlobalNetworkSet as sources (and a set's nets
@@ -13,19 +13,15 @@ endpoint's failsafe ports are tests/netns/test_policy_dataplane.py's.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import yaml
 
-from tabby.lab import builder, system
-from tabby.lab.state import load
 from tests.netns.policy_matrix import PolicyLab, Reachability, check_explain_agrees, cover, host
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 
-LAB = "tpe"
 TCP80: dict[str, Any] = {"ports": (80,), "protocols": ("tcp",)}
 
 
@@ -55,30 +51,10 @@ def network_set(name: str, namespace: str, labels: dict[str, str], nets: list[st
             "spec": {"nets": nets}}
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[PolicyLab]:
-    if load(LAB) is not None:
-        builder.down(LAB)
-    net = PolicyLab(LAB)
-    try:
-        net.tabby("lab", "up", "--name", LAB, "--nodes", "3", "--stack", "dual")
-        net.setup()
-        net.check(Reachability(net.pods), **TCP80)
-        yield net
-    finally:
-        state = load(LAB)
-        if state is not None:
-            net.tabby("lab", "down", "--name", LAB)
-            assert [p for p in state.all_procs() if system.alive(p)] == []
-        assert not [ns for ns in system.netns_list() if ns.startswith((f"{LAB}-", f"{LAB}_"))]
-
-
 @pytest.fixture
-def lab(cluster: PolicyLab) -> Iterator[PolicyLab]:
-    try:
-        yield cluster
-    finally:
-        cluster.reset()
+def lab(policy_lab: PolicyLab) -> PolicyLab:
+    """The session's shared policy lab (tests/netns/conftest.py), reset after each test."""
+    return policy_lab
 
 
 def everyone(lab: PolicyLab) -> Reachability:

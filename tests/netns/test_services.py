@@ -26,6 +26,7 @@ from tabby.lab import prober, system
 from tabby.lab.pods import LabPods
 from tabby.lab.state import LabState, load, require
 from tabby.model import EndpointSlice, Pod, Service
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 
@@ -33,6 +34,8 @@ LAB = "ts1"
 TABBY = [sys.executable, "-m", "tabby.cli.main"]
 WEB_PORTS = [{"containerPort": 8080, "name": "http"},
              {"containerPort": 5353, "protocol": "UDP", "name": "dns"}]
+
+TIMEOUT = 15.0  # seconds a wait_for in this module may take
 
 
 def tabby(*args: str, stdin: str | None = None, check: bool = True
@@ -68,14 +71,6 @@ def hits(netns: str, address: str, port: int, protocol: str = "tcp", count: int 
                           input=json.dumps(request), capture_output=True, text=True,
                           timeout=60, check=True)
     return [r["answer"] or r["error"] for r in json.loads(done.stdout)["results"]]
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.1)
 
 
 def settle(what: str, sample: Callable[[], list[str]], want: set[str],
@@ -179,11 +174,13 @@ def test_the_node_itself_reaches_a_cluster_ip(lab: LabState) -> None:
 def test_session_affinity_sticks_to_one_endpoint(lab: LabState) -> None:
     ip = str(svc("sticky").cluster_ip(4))
     client, other = netns_of("client"), netns_of("web-1")
-    wait_for("the sticky service to answer", lambda: hits(client, ip, 80, count=1)[0] in WEB)
+    wait_for("the sticky service to answer", lambda: hits(client, ip, 80, count=1)[0] in WEB,
+             TIMEOUT)
     answers = hits(client, ip, 80, count=30)
     assert len(set(answers)) == 1 and answers[0] in WEB
     # another client is bound on its own (maybe elsewhere) and sticks too
-    wait_for("a second client to be answered", lambda: hits(other, ip, 80, count=1)[0] in WEB)
+    wait_for("a second client to be answered",
+             lambda: hits(other, ip, 80, count=1)[0] in WEB, TIMEOUT)
     answers = hits(other, ip, 80, count=20)
     assert len(set(answers)) == 1 and answers[0] in WEB
 
@@ -236,7 +233,7 @@ def test_local_policy_keeps_the_client_address_and_local_endpoints(lab: LabState
     node1, node2 = (str(n.addresses()[0].ip) for n in lab.topology.nodes)
     gateway = str(lab.topology.rack(1).gateways()[0].ip)
     wait_for("node-1 to answer from web-1 with the ToR's own address",
-             lambda: peer(tor, node1, node_port) == f"web-1 {gateway}")
+             lambda: peer(tor, node1, node_port) == f"web-1 {gateway}", TIMEOUT)
     seen = {peer(tor, node2, node_port) for _ in range(12)}
     assert seen == {f"web-2 {gateway}", f"web-3 {gateway}"}
 
@@ -254,7 +251,7 @@ def test_removing_an_endpoint_stops_traffic_to_it(lab: LabState) -> None:
     # Local policy: node-1 has no endpoint left, so it drops (no answer, no refusal)
     node1 = str(lab.topology.nodes[0].addresses()[0].ip)
     wait_for("node-1 to stop answering for the Local service",
-             lambda: peer(lab.topology.tor_netns, node1, node_port) == "")
+             lambda: peer(lab.topology.tor_netns, node1, node_port) == "", TIMEOUT)
     assert hits(netns_of("client"), ip, 80, count=10) == ["web-2"] * 10
 
 

@@ -24,7 +24,8 @@ from tabby.lab import system
 from tabby.lab.pods import LabPods
 from tabby.lab.state import LabState, load, require
 from tabby.model import BGPConfiguration, Service
-from tests.netns.test_services import hits, peer, pod, service, settle, wait_for
+from tests.netns.test_services import hits, peer, pod, service, settle
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 

@@ -20,8 +20,7 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -32,6 +31,7 @@ from tabby.lab import builder, system
 from tabby.lab.pods import LabPods
 from tabby.lab.state import LabState, load, require
 from tabby.model import IPAMBlock, IPPool, Node, Pod
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 
@@ -50,6 +50,8 @@ metadata: {name: tx-ipip}
 spec: {cidr: 198.18.96.0/20, ipipMode: Always, natOutgoing: true}
 """
 
+TIMEOUT = 15.0  # seconds a wait_for in this module may take
+
 
 def tabby(lab: str, *args: str, check: bool = True, stdin: str | None = None
           ) -> subprocess.CompletedProcess[str]:
@@ -59,14 +61,6 @@ def tabby(lab: str, *args: str, check: bool = True, stdin: str | None = None
         raise AssertionError(f"tabby {' '.join(args)} exited {done.returncode}:\n"
                              f"{done.stdout}\n{done.stderr}")
     return done
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.1)
 
 
 def ip_json(netns: str, *args: str) -> Any:
@@ -132,7 +126,7 @@ def tx1() -> Iterator[LabPods]:
         # The agents publish their VTEPs after their first pass; tunnels follow at once.
         nodes = [n.netns for n in state.nodes]
         wait_for("routes through the tunnels", lambda: all(
-            tunnel_routes(n, v) for n in nodes for v in (4, 6)))
+            tunnel_routes(n, v) for n in nodes for v in (4, 6)), TIMEOUT)
         with LabPods.open(state.name) as pods:
             assert pods.apply_pods([pod("a", "node-1"), pod("b", "node-2")]) == [
                 "created", "created"]
@@ -194,7 +188,7 @@ def outside(tx1: LabPods) -> Iterator[None]:
                                  str(ECHO_PORT)], stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for("the echo server", lambda: bool(system.run(
-            ["ss", "-N", OUT, "-Htln", f"sport = :{ECHO_PORT}"]).strip()))
+            ["ss", "-N", OUT, "-Htln", f"sport = :{ECHO_PORT}"]).strip()), TIMEOUT)
         yield
     finally:
         if proc is not None:
@@ -253,16 +247,16 @@ def test_nat_outgoing_exclusions_keep_the_pod_address_towards_nodes(tx1: LabPods
              "tabby"])
     try:
         wait_for("the echo server on node-2", lambda: bool(system.run(
-            ["ss", "-N", "tx1-node-2", "-Htln", f"sport = :{port}"]).strip()))
+            ["ss", "-N", "tx1-node-2", "-Htln", f"sport = :{port}"]).strip()), TIMEOUT)
         assert seen() == "198.18.0.11"  # masqueraded to node-1's address
         tabby("tx1", "apply", "-f", "-", stdin=HOSTS_EXCLUDED)
-        wait_for("the host addresses in natout-v4-hosts", hosts_set)
+        wait_for("the host addresses in natout-v4-hosts", hosts_set, TIMEOUT)
         assert seen() == pod_v4
     finally:
         tabby("tx1", "delete", "felixconfiguration", "default", check=False)
         server.kill()  # ip netns exec execs python: this PID is the server's
         server.wait()
-    wait_for("natout-v4-hosts to go with the setting", lambda: not hosts_set())
+    wait_for("natout-v4-hosts to go with the setting", lambda: not hosts_set(), TIMEOUT)
 
 
 # -- IPIP -----------------------------------------------------------------------------
@@ -287,7 +281,7 @@ def test_an_ipip_pool_is_refused_clearly(tx1: LabPods) -> None:
     assert "warning: IPPool/tx-ipip asks for ipipMode Always" in applied.stderr
     try:
         wait_for("/healthz to name the IPIP pool",
-                 lambda: "IPPool/tx-ipip" in healthz("tx1-node-1")[1])
+                 lambda: "IPPool/tx-ipip" in healthz("tx1-node-1")[1], TIMEOUT)
         status, text = healthz("tx1-node-1")
         assert status == 200 and text.startswith("ok\n") and "no IPIP support" in text
         state = require("tx1")
@@ -307,7 +301,7 @@ def test_an_ipip_pool_is_refused_clearly(tx1: LabPods) -> None:
             b.spec.cidr, ipaddress.IPv4Network) and b.spec.cidr.subnet_of(ipip_net)]
     finally:
         tabby("tx1", "delete", "ippool", "tx-ipip")
-    wait_for("/healthz back to plain ok", lambda: healthz("tx1-node-1")[1] == "ok\n")
+    wait_for("/healthz back to plain ok", lambda: healthz("tx1-node-1")[1] == "ok\n", TIMEOUT)
     assert tx1.client.try_get(IPPool, "tx-ipip") is None
 
 
@@ -318,12 +312,12 @@ def test_turning_vxlan_off_gives_the_tunnels_back(tx1: LabPods) -> None:
     tx1.client.mutate(IPPool, "default-ipv4-ippool", "", never)
     wait_for("vxlan.tabby to go", lambda: not any(
         link["ifname"] == "vxlan.tabby" for n in ("tx1-node-1", "tx1-node-2")
-        for link in ip_json(n, "link", "show")))
+        for link in ip_json(n, "link", "show")), TIMEOUT)
     for name in ("node-1", "node-2"):
         node = tx1.client.get(Node, name)
         assert node.spec.vxlan.ipv4_address is None and node.spec.vxlan.ipv6_address
         assert IPAM(tx1.client).addresses_of(f"vxlan-tunnel-addr-{name}") == ()
-    wait_for("plain IPv4 routes", lambda: not tunnel_routes("tx1-node-2", 4))
+    wait_for("plain IPv4 routes", lambda: not tunnel_routes("tx1-node-2", 4), TIMEOUT)
     assert probe("tx1", "b", "a", "ipv4") and probe("tx1", "b", "a", "ipv6")
     assert "no problems found" in tabby("tx1", "ipam", "check").stdout
 
@@ -336,7 +330,7 @@ def tx2() -> Iterator[LabPods]:
         racks = {n.name: n.rack for n in state.topology.nodes}
         assert racks == {"node-1": 1, "node-2": 1, "node-3": 2}
         wait_for("routes through the tunnel between racks", lambda: all(
-            tunnel_routes(f"tx2-node-{i}", 4) for i in (1, 3)))
+            tunnel_routes(f"tx2-node-{i}", 4) for i in (1, 3)), TIMEOUT)
         with LabPods.open(state.name) as pods:
             pods.apply_pods([pod("a", "node-1"), pod("b", "node-2"), pod("c", "node-3")])
             yield pods

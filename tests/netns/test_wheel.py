@@ -69,6 +69,8 @@ def test_wheel_installs_into_a_fresh_virtualenv(tmp_path: Path) -> None:
         meta = zf.read(f"{info}/METADATA").decode()
         scripts = zf.read(f"{info}/entry_points.txt").decode()
     assert "tabby/py.typed" in names and "tabby/cni/plugin.py" in names
+    # tabby ui's page is package data
+    assert {f"tabby/ui/static/{f}" for f in ("index.html", "app.js", "app.css")} <= set(names)
     assert [n for n in names if n.startswith("tests/") or "/tests/" in n] == []
     assert [n for n in names if n.endswith(".pyc") or "__pycache__" in n] == []
     assert {n.split("/")[0] for n in names} == {"tabby", info}
@@ -91,9 +93,10 @@ def test_wheel_installs_into_a_fresh_virtualenv(tmp_path: Path) -> None:
 
     assert run([str(venv / "bin" / "tabby"), "--version"], elsewhere) == \
         f"tabby {tabby.__version__}\n"
-    assert json.loads(run([str(venv / "bin" / "tabby"), "version", "-o", "json"], elsewhere)) \
-        == {"version": tabby.__version__, "python": platform.python_version(),
-            "distribution": "tabby-network"}
+    client = {"version": tabby.__version__, "python": platform.python_version(),
+              "distribution": "tabby-network"}
+    assert json.loads(run([str(venv / "bin" / "tabby"), "version", "--client", "-o", "json"],
+                          elsewhere)) == {**client, "client": client}
     for plugin in ("tabby-cni", "tabby-ipam"):
         answer = json.loads(run([str(venv / "bin" / plugin)], elsewhere,
                                 extra={"CNI_COMMAND": "VERSION"}))
