@@ -33,6 +33,10 @@ from tabby.store.kuberesources import APIResource
 log = logging.getLogger(__name__)
 Json = dict[str, Any]
 
+# Seconds ``KubernetesWatch.close`` waits for all its readers together (was 2 s for each
+# in turn: readers caught in their request held the agent's loop ~15 s after a 410).
+CLOSE_WAIT = 2.0
+
 
 class WatchedStore(Protocol):
     """What a watch needs of its store (``KubernetesStore``): its timeouts and requests."""
@@ -57,13 +61,18 @@ class KubernetesWatch(QueuedWatch):
             reader.thread.start()
 
     def close(self) -> None:
+        """Stop every reader; wait ``CLOSE_WAIT`` seconds in all for them to end. A reader
+        still waiting for its request's answer (connecting, the TLS handshake) ends once
+        it has one; it is not waited for: the caller (the agent's loop) lists and watches
+        again meanwhile, and this watch's queue is no longer read."""
         self.closed = True
         self._stop.set()
         for reader in self._readers:
             reader.interrupt()
+        deadline = time.monotonic() + CLOSE_WAIT
         for reader in self._readers:
             if reader.thread is not threading.current_thread():
-                reader.thread.join(timeout=2.0)
+                reader.thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
 
 class _Reader:
@@ -126,6 +135,13 @@ class _Reader:
         with self._lock:
             self._resp = resp
         try:
+            if self.watch._stop.is_set():
+                # closed while the request was on its way: interrupt() found no response
+                # to shut down, and a quiet stream would hold this reader until the
+                # server's timeoutSeconds (and close() waiting for it)
+                with contextlib.suppress(Exception):
+                    resp.response.shutdown()
+                return
             if resp.status != 200:
                 err = error_for(resp.status, resp.read(), f"watch {self.name}")
                 if resp.status == 410:
