@@ -84,7 +84,9 @@ def test_adds_at_once_return_programmed_and_share_passes() -> None:
     for i in range(PODS):
         assert f"198.19.0.{i + 1}/32" in seen[i], i  # programmed when its ADD returned
     passes = agent.passes - before
-    assert 1 <= passes <= PODS // 2, passes
+    # Shared: fewer passes than ADDs. (Typically 2-4: ADDs take the lock 5 ms apart and a
+    # pass takes 20 ms; a tighter bound failed once in CI when the scheduler stalled a thread.)
+    assert 1 <= passes < PODS, passes
 
 
 def test_an_add_joins_the_pass_that_snapshots_after_it() -> None:
