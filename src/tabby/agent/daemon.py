@@ -49,7 +49,7 @@ from tabby.agent.apply import NodeApplier
 from tabby.agent.autodetect import AddressPlan, HostAddresses, node_internal_ips
 from tabby.agent.cache import StoreCache
 from tabby.agent.cniserver import CNIServer
-from tabby.agent.flows import FlowCollector, FlowSettings
+from tabby.agent.flows import FlowCollector, FlowSettings, read_gate_overflow
 from tabby.agent.handler import AgentPodHandler
 from tabby.agent.http import HealthServer
 from tabby.agent.metrics import AgentMetrics
@@ -60,7 +60,7 @@ from tabby.bgp.controller import BirdController
 from tabby.calc.node import NodeCalculator, NodeSettings
 from tabby.cni.wire import DEFAULT_SOCKET
 from tabby.dataplane.netlink import CallCounts
-from tabby.dataplane.nft import NftCommand
+from tabby.dataplane.nft import default_runner
 from tabby.dataplane.pods import PodWirer
 from tabby.errors import Compacted, TabbyError
 from tabby.store.base import Event, Store, Watch
@@ -107,13 +107,18 @@ class Agent:
             config.node, mtu=config.mtu, bgp=config.bgp == "bird",
             flowlog=config.flows.log if config.flows is not None else None,
             counters=config.policy_counters))
-        self.flows = FlowCollector(config.node, config.flows, self.metrics.registry) \
+        # Metric scrapes and the flow log's overflow read nft in-process (libnftables:
+        # no fork per scrape), through one reader of their own.
+        nft_read = default_runner().read
+        self.flows = FlowCollector(
+            config.node, config.flows, self.metrics.registry,
+            overflow=functools.partial(read_gate_overflow, nft_read)) \
             if config.flows is not None else None
         self.applier = NodeApplier(self.counts, bird=_bird(config))
         # Rule counters, nft, BGP and IPAM metrics; staged policies' verdicts on new flow
         # records (tabby.agent.policymetrics, tabby.agent.staged).
         self.policy_metrics = PolicyMetrics(
-            self.metrics.registry, nft_read=NftCommand().read,
+            self.metrics.registry, nft_read=nft_read,
             ids=lambda: self.calculator.policy.flow_ids,
             bird_socket=self.applier.bird.bird.socket if self.applier.bird else None)
         self.staged = StagedAnnotator(config.node)

@@ -310,12 +310,15 @@ def _same(rec: FlowRecord) -> FlowRecord:
     return rec
 
 
-def read_gate_overflow() -> int | None:
+def read_gate_overflow(read: Callable[[str], str] | None = None) -> int | None:
     """Packets the flow log's rate limit kept from the log (the gate chain's counter in
-    this namespace's table); None if it cannot be read."""
-    from tabby.dataplane.nft import NftCommand
+    this namespace's table, read with ``read``: the agent's in-process nft reader, else
+    the ``nft`` binary); None if it cannot be read."""
+    if read is None:
+        from tabby.dataplane.nft import NftCommand
+        read = NftCommand().read
     try:
-        text = NftCommand().read(f"chain {NFT_FAMILY} {NFT_TABLE} {GATE_CHAIN}")
+        text = read(f"chain {NFT_FAMILY} {NFT_TABLE} {GATE_CHAIN}")
     except TabbyError:
         return None
     return gate_overflow(json.loads(text))
