@@ -16,8 +16,7 @@ import os
 import shutil
 import signal
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from tabby.bgp.status import node_status
 from tabby.lab import system
 from tabby.model import IPAMBlock, Node, Resource, block_name, parse_manifest
 from tabby.snapshot import Snapshot
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("bird") is None,
                                 reason="needs root and BIRD (bird2)")
@@ -38,12 +38,7 @@ A, B = "rtx-ba", "rtx-bb"
 ADDRESSES = {A: "198.18.0.11/24", B: "198.18.0.12/24"}
 
 
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.05)
+TIMEOUT = 20.0
 
 
 def manifest(kind: str, name: str, spec: dict[str, Any]) -> Resource:
@@ -113,8 +108,9 @@ def test_origin_changes_skip_bird_p_and_structural_ones_do_not(pair: tuple[Bird,
     a, b = pair
     assert a.apply(config("node-a", ["198.19.0.0/26"])) == []
     assert b.apply(config("node-b", ["198.19.0.0/26"])) == []
-    wait_for("the session", lambda: established(b))
-    wait_for("node-a's block on node-b", lambda: kernel_routes(B) == {"198.19.0.0/26"})
+    wait_for("the session", lambda: established(b), TIMEOUT)
+    wait_for("node-a's block on node-b", lambda: kernel_routes(B) == {"198.19.0.0/26"},
+             TIMEOUT)
     checks, pid = a.checks, a.pid
 
     more = config("node-a", ["198.19.0.0/26", "198.19.0.64/26", "198.19.9.9/32"])
@@ -122,11 +118,12 @@ def test_origin_changes_skip_bird_p_and_structural_ones_do_not(pair: tuple[Bird,
     assert a.checks == checks and a.pid == pid  # no bird -p; reloaded, not restarted
     assert a.conf.read_text() == more and not (a.dir / "bird.conf.new").exists()
     wait_for("the new blocks on node-b", lambda: kernel_routes(B) == {
-        "198.19.0.0/26", "198.19.0.64/26", "198.19.9.9"})
+        "198.19.0.0/26", "198.19.0.64/26", "198.19.9.9"}, TIMEOUT)
 
     fewer = config("node-a", ["198.19.0.64/26"])
     assert a.apply(fewer) == [] and a.checks == checks
-    wait_for("the withdrawal on node-b", lambda: kernel_routes(B) == {"198.19.0.64/26"})
+    wait_for("the withdrawal on node-b", lambda: kernel_routes(B) == {"198.19.0.64/26"},
+             TIMEOUT)
 
     structural = config("node-a", ["198.19.0.64/26"],
                         manifest("IPPool", "v4b", {"cidr": "198.18.128.0/24"}))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import ipaddress
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
 
@@ -27,6 +26,7 @@ from tabby.store.client import Client
 from tabby.store.memory import MemoryStore
 from tabby.testing.fakes import FakeNetlink
 from tests.unit.test_agent_cache import node
+from tests.waiting import wait_for
 
 POD_NS = "/var/run/netns/pod-a"
 NETWORK = "k8s-pod-network"
@@ -40,13 +40,6 @@ def wiring(cid: str, ns: str = POD_NS) -> PodWiring:
     return PodWiring(host_veth_name(cid, "eth0"), ns, "eth0",
                      (ipaddress.ip_interface("198.19.0.5/32"),
                       ipaddress.ip_interface("fd7a:bb1e:1::5/128")))
-
-
-def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "not within the deadline"
-        time.sleep(0.01)
 
 
 # -- PodWirer: retire, reap -----------------------------------------------------------
@@ -112,9 +105,9 @@ def test_the_thread_reaps_when_kicked_and_at_start() -> None:
     reaper = VethReaper(reaps)
     try:
         reaper.start()  # an earlier agent's retired pairs
-        eventually(lambda: reaps.calls == 1)
+        wait_for("the first reap", lambda: reaps.calls == 1, 5.0, 0.01)
         reaper.kick()
-        eventually(lambda: reaps.calls == 2)
+        wait_for("the second reap", lambda: reaps.calls == 2, 5.0, 0.01)
     finally:
         reaper.close()
     assert reaps.calls == 3  # close deletes what is still retired
@@ -125,7 +118,8 @@ def test_a_failed_reap_is_retried() -> None:
     reaper = VethReaper(reaps, retry=0.01)
     try:
         reaper.kick()
-        eventually(lambda: reaps.calls == 3 and reaper.rounds == 1)
+        wait_for("the third reap, one round", lambda: reaps.calls == 3 and reaper.rounds == 1,
+                 5.0, 0.01)
     finally:
         reaper.close()
 
